@@ -169,8 +169,11 @@ def sinkhorn(
         v = _masked_update(log_b, jax.nn.logsumexp(log_kernel + u[..., :, None], axis=-2))
         return (u, v), None
 
-    init = (jnp.zeros_like(log_a), jnp.zeros_like(log_b))
-    (u, v), _ = jax.lax.scan(one_iteration, init, None, length=num_iters)
+    # The first iteration (from u = v = 0) runs outside the scan so that the carry
+    # has the same type as the loop body's output (also under jax.shard_map, where
+    # potentials computed from device-varying scores are device-varying).
+    first, _ = one_iteration((None, jnp.zeros_like(log_b)), None)
+    (u, v), _ = jax.lax.scan(one_iteration, first, None, length=num_iters - 1)
 
     log_plan = log_kernel + u[..., :, None] + v[..., None, :]
     log_plan = jnp.where(valid, log_plan, -jnp.inf)

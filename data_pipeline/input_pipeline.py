@@ -1,0 +1,253 @@
+"""Per-host ``tf.data`` training pipeline over a feature store (spec §4.2-4.4).
+
+Order of videos: every epoch ``e`` has one global permutation of the split,
+``perm_e(j) = tf.random.experimental.index_shuffle(j, [seed, e], N - 1)`` (stateless, computed
+inside tf.data); host ``h`` of ``P`` takes ``perm_e(h), perm_e(h + P), ...`` cut to ``steps_per_epoch * videos_per_host`` videos (``steps_per_epoch =
+(N // P) // videos_per_host``, identical on all hosts; the few videos left over are different
+ones every epoch). Each video's 16 clips are drawn by :func:`data_pipeline.sampling.sample_video`
+with the Generator ``(seed, e, video_position)``, so the data depend only on
+``(seed, epoch, step)``: the iterator state is that position (a small dict of ints) and a
+restored iterator continues with exactly the batches the original would have produced.
+
+Batch layout (one dict of numpy arrays per step, ``R = videos_per_device * K`` rows per device,
+rows video-major: row ``v*K + c`` = clip ``c`` of the device's video ``v``)::
+
+    layout="device" (default)                     layout="flat" (host-global)
+    caps        [D, R, 32]      int32             [D*R, 32]
+    cmasks      [D, R, 32]      bool              [D*R, 32]
+    vfeats      [D, R, 16, 512] float32           [D*R, 16, 512]
+    vmasks      [D, R, 16]      bool              [D*R, 16]
+    video_index [D, R]          int32  position of the row's video in the split
+    text_start, text_end, video_start, video_end  [D, R] int32 (merged caption range, clip seconds)
+
+``D = num_local_devices`` (``jax.local_device_count()`` by default). With ``layout="device"``
+``batch[k][d]`` is what local device ``d`` gets; sequences of L = 8 rows never straddle
+videos or devices because K = 16 is a multiple of 8.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from data_pipeline.feature_store import FeatureStore
+from data_pipeline.sampling import CLIPS_PER_VIDEO, sample_video, video_rng
+from data_pipeline.tf_utils import import_tensorflow
+from data_pipeline.tokenization import MAX_LEN, MAX_VIDEO_LEN
+
+ROW_KEYS = ("caps", "cmasks", "vfeats", "vmasks", "video_index", "text_start", "text_end",
+            "video_start", "video_end")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :class:`TrainIterator`. ``None`` fields are filled from JAX at construction."""
+    videos_per_device: int = 64          # V_b of the reference (per GPU)
+    clips_per_video: int = CLIPS_PER_VIDEO
+    max_len: int = MAX_LEN
+    max_video_len: int = MAX_VIDEO_LEN
+    seed: int = 0
+    num_epochs: Optional[int] = None     # None: repeat forever
+    layout: str = "device"               # "device" -> [D, R, ...]; "flat" -> [D*R, ...]
+    num_local_devices: Optional[int] = None
+    process_index: Optional[int] = None
+    process_count: Optional[int] = None
+    num_parallel_calls: int = -1         # -1: tf.data.AUTOTUNE
+    prefetch: int = 2                    # batches
+    deterministic: bool = True
+
+
+def _tf_host_positions(tf, flat, *, num_videos: int, per_epoch: int, seed: int, process_index: int,
+                       process_count: int):
+    """TF: host counter ``flat`` (scalar int64) -> (epoch, video position). No Python in the graph."""
+    epoch = flat // per_epoch
+    j = (flat % per_epoch) * process_count + process_index
+    pos = tf.random.experimental.index_shuffle(j, tf.stack([tf.constant(seed, tf.int64), epoch]),
+                                               tf.constant(num_videos - 1, tf.int64))
+    return epoch, pos
+
+
+def host_video_order(num_videos: int, epoch: int, *, seed: int, process_index: int, process_count: int,
+                     videos_per_host: int) -> np.ndarray:
+    """Positions of the videos host ``process_index`` reads in ``epoch``, in order (int64 [n]).
+
+    Epoch ``e`` uses the permutation ``perm_e(j) = index_shuffle(j, seed=[seed, e], max_index=N-1)``
+    (``tf.random.experimental.index_shuffle``, stateless); host ``h`` reads ``perm_e(h + P*i)`` for
+    ``i < steps_per_epoch * videos_per_host``.
+    """
+    steps = (num_videos // process_count) // videos_per_host
+    per_epoch = steps * videos_per_host
+    tf = import_tensorflow()
+    j = tf.range(per_epoch, dtype=tf.int64) * process_count + process_index
+    pos = tf.random.experimental.index_shuffle(j, tf.constant([seed, epoch], tf.int64),
+                                               tf.constant(num_videos - 1, tf.int64))
+    return pos.numpy()
+
+
+class TrainIterator:
+    """Iterator over training batches of one host; ``state()``/``restore`` give exact resume.
+
+    Example::
+
+        it = TrainIterator("/data/store", "train", PipelineConfig(videos_per_device=64))
+        batch = next(it)              # dict, see module docstring
+        state = it.state()            # {"epoch": 0, "step": 1, ...}: save with the checkpoint
+        it2 = TrainIterator("/data/store", "train", cfg, state=state)   # continues identically
+    """
+
+    def __init__(self, store: Union[str, FeatureStore], split: str = "train",
+                 config: PipelineConfig = PipelineConfig(), *, state: Optional[dict] = None):
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store, split)
+        cfg = config
+        if cfg.num_local_devices is None or cfg.process_index is None or cfg.process_count is None:
+            import jax
+            cfg = dataclasses.replace(
+                cfg,
+                num_local_devices=cfg.num_local_devices or jax.local_device_count(),
+                process_index=jax.process_index() if cfg.process_index is None else cfg.process_index,
+                process_count=jax.process_count() if cfg.process_count is None else cfg.process_count)
+        if not 0 <= cfg.process_index < cfg.process_count:
+            raise ValueError(f"process_index {cfg.process_index} not in [0, {cfg.process_count})")
+        if cfg.layout not in ("device", "flat"):
+            raise ValueError(f"layout must be 'device' or 'flat', got {cfg.layout!r}")
+        self.config = cfg
+        self.videos_per_host = cfg.videos_per_device * cfg.num_local_devices
+        self.steps_per_epoch = (len(self.store) // cfg.process_count) // self.videos_per_host
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"split {split!r} has {len(self.store)} videos: too few for one step of "
+                             f"{self.videos_per_host} videos on each of {cfg.process_count} hosts")
+        self._epoch, self._step = 0, 0
+        if state is not None:
+            self._check_state(state)
+            self._epoch, self._step = int(state["epoch"]), int(state["step"])
+        self._it: Optional[Iterator] = None
+        #: Optional ``order_fn(epoch) -> int64 [steps_per_epoch * videos_per_host]``: this
+        #: host's video positions for ``epoch`` (e.g. hard-negative batches), replacing the
+        #: shuffled order. Called at the start of each epoch, when that epoch's first batch
+        #: is requested; it must return the same order for the same epoch on resume.
+        self.order_fn: Optional[Callable[[int], np.ndarray]] = None
+
+    # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> dict:
+        c = self.config
+        return {"seed": c.seed, "num_videos": len(self.store), "process_index": c.process_index,
+                "process_count": c.process_count, "videos_per_host": self.videos_per_host,
+                "clips_per_video": c.clips_per_video}
+
+    def state(self) -> dict:
+        """Position of the next batch (JSON-serialisable); store it with the model checkpoint."""
+        return {"epoch": self._epoch, "step": self._step, **self._fingerprint()}
+
+    def _check_state(self, state: dict) -> None:
+        for k, v in self._fingerprint().items():
+            if k in state and state[k] != v:
+                raise ValueError(f"iterator state was saved with {k}={state[k]!r}, this pipeline has {v!r}")
+
+    def restore(self, state: dict) -> None:
+        """Jump to a position returned by :meth:`state` (rebuilds the tf.data pipeline)."""
+        self._check_state(state)
+        self._epoch, self._step = int(state["epoch"]), int(state["step"])
+        self._it = None
+
+    def save_state(self, path: str) -> None:
+        """Write :meth:`state` as JSON (atomically)."""
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.state(), fh)
+        os.replace(tmp, path)
+
+    def load_state(self, path: str) -> None:
+        with open(path) as fh:
+            self.restore(json.load(fh))
+
+    # ------------------------------------------------------------------ data
+    def load_video(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        """Sampled clips of video ``position`` in ``epoch`` (numpy; used inside tf.data)."""
+        c = self.config
+        rec = self.store[int(position)]
+        out = sample_video(rec.features, rec.starts, rec.ends, rec.tokens,
+                           video_rng(c.seed, epoch, position), clips_per_video=c.clips_per_video,
+                           max_len=c.max_len, max_video_len=c.max_video_len)
+        out["video_index"] = np.full((c.clips_per_video,), position, np.int32)
+        return out
+
+    def as_dataset(self):
+        """The ``tf.data.Dataset`` of batches, starting at the current position."""
+        tf = import_tensorflow()
+        c = self.config
+        k, lc, lv = c.clips_per_video, c.max_len - c.max_video_len, c.max_video_len
+        dim = self.store.feature_dim
+        specs = {"caps": (tf.int32, [k, lc]), "cmasks": (tf.bool, [k, lc]),
+                 "vfeats": (tf.float32, [k, lv, dim]), "vmasks": (tf.bool, [k, lv]),
+                 "video_index": (tf.int32, [k]), "text_start": (tf.int32, [k]), "text_end": (tf.int32, [k]),
+                 "video_start": (tf.int32, [k]), "video_end": (tf.int32, [k])}
+
+        def load(epoch, pos):
+            out = self.load_video(int(epoch), int(pos))
+            return [out[key] for key in ROW_KEYS]
+
+        def tf_load(epoch, pos):
+            vals = tf.numpy_function(load, [epoch, pos], [specs[key][0] for key in ROW_KEYS], stateful=False)
+            res = {}
+            for key, v in zip(ROW_KEYS, vals):
+                v.set_shape(specs[key][1])
+                res[key] = v
+            return res
+
+        vd, d = c.videos_per_device, c.num_local_devices
+
+        def to_layout(batch):
+            out = {}
+            for key, v in batch.items():  # v: [V_host, K, ...]
+                rest = v.shape[2:]
+                shape = ([d, vd * k] if c.layout == "device" else [d * vd * k]) + list(rest)
+                out[key] = tf.reshape(v, shape)
+            return out
+
+        per_epoch = self.steps_per_epoch * self.videos_per_host
+        first = self._epoch * per_epoch + self._step * self.videos_per_host
+        last = per_epoch * c.num_epochs if c.num_epochs is not None else np.iinfo(np.int64).max
+        if self.order_fn is None:
+            ds = tf.data.Dataset.range(first, last)
+            ds = ds.map(lambda g: _tf_host_positions(tf, g, num_videos=len(self.store), per_epoch=per_epoch,
+                                                     seed=c.seed, process_index=c.process_index,
+                                                     process_count=c.process_count))
+        else:
+            # A caller-supplied order (hard-negative batches) covers the current epoch only:
+            # the next epoch's order is asked for when this one is exhausted (see __next__).
+            order = np.asarray(self.order_fn(self._epoch), np.int64)
+            if order.shape != (per_epoch,):
+                raise ValueError(f"order_fn({self._epoch}) returned {order.shape[0] if order.ndim else order!r} "
+                                 f"positions, the epoch needs {per_epoch}")
+            order = order[self._step * self.videos_per_host:]
+            ds = tf.data.Dataset.from_tensor_slices((np.full(order.shape, self._epoch, np.int64), order))
+        ds = ds.map(tf_load, num_parallel_calls=c.num_parallel_calls, deterministic=c.deterministic)
+        ds = ds.batch(self.videos_per_host, drop_remainder=True)
+        ds = ds.map(to_layout, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(c.prefetch)
+        opts = tf.data.Options()
+        opts.deterministic = c.deterministic
+        return ds.with_options(opts)
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._it = self.as_dataset().as_numpy_iterator()
+        batch = next(self._it)  # StopIteration ends a finite run
+        self._step += 1
+        if self._step >= self.steps_per_epoch:
+            self._epoch, self._step = self._epoch + 1, 0
+            if self.order_fn is not None:
+                self._it = None  # the next epoch's order is built on demand
+        return batch
+
+
+def create_train_iterator(store_dir: str, split: str = "train", *, state: Optional[dict] = None,
+                          **config) -> TrainIterator:
+    """Convenience constructor: ``create_train_iterator(dir, "train", videos_per_device=8, seed=0)``."""
+    return TrainIterator(store_dir, split, PipelineConfig(**config), state=state)

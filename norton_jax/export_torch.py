@@ -1,0 +1,169 @@
+"""Export Flax dual-encoder parameters to a PyTorch state dict (`.safetensors`, spec §3.8).
+
+The file holds exactly the reference keys our model covers, float32, torch layouts
+(Linear weight = kernel^T):
+
+    video_encoder.videomlp.{linear1,LayerNorm,linear2}.{weight,bias}
+    video_encoder.bert.embeddings.{word,position,token_type}_embeddings.weight
+    video_encoder.bert.embeddings.LayerNorm.{weight,bias}
+    video_encoder.bert.encoder.layer.{i}.attention.self.{query,key,value}.{weight,bias}
+    video_encoder.bert.encoder.layer.{i}.attention.output.{dense,LayerNorm}.{weight,bias}
+    video_encoder.bert.encoder.layer.{i}.{intermediate,output}.dense.{weight,bias}
+    video_encoder.bert.encoder.layer.{i}.output.LayerNorm.{weight,bias}
+    text_encoder.<same BERT keys>
+
+Not written: the unused BERT poolers (our model has none) and, unless
+`include_position_ids=True`, the `position_ids` buffers. Consequences:
+
+* `norton_jax.torch_reference.TorchDualEncoder` loads the file with `strict=True`;
+* HuggingFace `BertModel(config, add_pooling_layer=False)` loads the `text_encoder.*` keys
+  (prefix stripped) with `strict=True`;
+* the reference `MMFusionSeparate` loads it the way fairseq loads checkpoints
+  (`strict=False`); its only missing keys are the two poolers (and `position_ids` unless
+  included), which its forward does not use.
+
+The model geometry is stored as JSON in the safetensors metadata
+(`norton_jax_model_config`), so `torch_reference.load_torch_dual_encoder(file)` and
+`import_torch.build_pretrained(file)` need no config.
+
+Command line::
+
+    python -m norton_jax.export_torch --checkpoint CKPT_DIR --out model.safetensors [--step N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from norton_jax.models.config import ModelConfig, load_config_file
+from norton_jax.models.dual_encoder import DualEncoder
+from norton_jax.models.keys import params_to_state_dict
+
+METADATA_CONFIG_KEY = "norton_jax_model_config"
+
+__all__ = ["export_state_dict", "save_safetensors", "export_checkpoint", "main"]
+
+
+def export_state_dict(
+    params: DualEncoder | nnx.State | dict,
+    *,
+    include_position_ids: bool = False,
+    max_position_embeddings: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Model / `nnx.State` / pure param dict -> reference state dict (float32 numpy)."""
+    if isinstance(params, DualEncoder):
+        max_position_embeddings = params.config.max_position_embeddings
+        params = nnx.state(params, nnx.Param)
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    state = {k: np.array(v, dtype=np.float32) for k, v in params_to_state_dict(params).items()}  # writable copies
+    if include_position_ids:
+        n = max_position_embeddings
+        if n is None:
+            n = state["text_encoder.embeddings.position_embeddings.weight"].shape[0]
+        ids = np.arange(n, dtype=np.int64)[None]
+        state["video_encoder.bert.embeddings.position_ids"] = ids
+        state["text_encoder.embeddings.position_ids"] = ids.copy()
+    return dict(sorted(state.items()))
+
+
+def save_safetensors(
+    state_dict: dict[str, np.ndarray],
+    path: str | os.PathLike,
+    model_config: ModelConfig | Any | None = None,
+) -> None:
+    """Writes `state_dict` with `safetensors.numpy` (torch not needed), config in metadata."""
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    metadata = {"format": "pt"}
+    if model_config is not None:
+        metadata[METADATA_CONFIG_KEY] = json.dumps(ModelConfig.from_any(model_config).to_dict(), sort_keys=True)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path, metadata=metadata)
+
+
+def export_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    step: int | None = None,
+    config: ModelConfig | Any | None = None,
+    include_position_ids: bool = False,
+) -> dict[str, np.ndarray]:
+    """Orbax checkpoint (see `norton_jax.checkpoint`) -> `.safetensors`; returns the state dict.
+
+    Only the `params` item is read, onto the first local device. `config` is needed only
+    when the checkpoint does not store its model config.
+    """
+    from norton_jax.checkpoint import Checkpointer  # noqa: PLC0415
+
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"checkpoint directory not found: {os.fspath(checkpoint_dir)}")
+    with Checkpointer(checkpoint_dir, max_to_keep=None, enable_async=False) as ckpt:
+        restored = ckpt.restore(step)
+        stored = ckpt.model_config(restored.step)
+    if config is None:
+        if stored is None:
+            raise ValueError(
+                f"{checkpoint_dir}: the checkpoint stores no model config; pass config= (CLI: --config)"
+            )
+        config = stored
+    config = ModelConfig.from_any(config)
+    state = export_state_dict(
+        restored.params,
+        include_position_ids=include_position_ids,
+        max_position_embeddings=config.max_position_embeddings,
+    )
+    _check_against_config(state, config, os.fspath(checkpoint_dir))
+    save_safetensors(state, out, config)
+    return state
+
+
+def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, source: str) -> None:
+    """The exported keys and shapes must be exactly those of a model built from `config`."""
+    from norton_jax.models.dual_encoder import abstract_model  # noqa: PLC0415
+    from norton_jax.models.keys import iter_paths, flax_path_to_torch_key, torch_shape  # noqa: PLC0415
+
+    template = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
+    expected = {flax_path_to_torch_key(p)[0]: torch_shape(p, tuple(l.shape)) for p, l in iter_paths(template)}
+    got = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("position_ids")}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{source}: parameters do not match the model config: missing {missing[:5]}, extra {extra[:5]}")
+    for key, shape in expected.items():
+        if got[key] != shape:
+            raise ValueError(f"{source}: parameter {key!r} has shape {got[key]}, config expects {shape}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m norton_jax.export_torch",
+        description="Export a norton-jax orbax checkpoint to a PyTorch .safetensors state dict.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="orbax checkpoint directory (norton_jax.checkpoint)")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
+    parser.add_argument("--config", default=None, help="config file, only if the checkpoint has no model config")
+    parser.add_argument("--include-position-ids", action="store_true", help="also write the position_ids buffers")
+    args = parser.parse_args(argv)
+    if not args.out.endswith(".safetensors"):
+        parser.error(f"--out must end with .safetensors, got {args.out}")
+    config = load_config_file(args.config).model if args.config else None
+    state = export_checkpoint(
+        args.checkpoint, args.out, step=args.step, config=config,
+        include_position_ids=args.include_position_ids,
+    )
+    n = sum(int(v.size) for k, v in state.items() if not k.endswith("position_ids"))
+    print(f"wrote {args.out}: {len(state)} tensors, {n:,} parameters")
+
+
+if __name__ == "__main__":
+    main()
