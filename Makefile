@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m norton_jax.demo_align --out results/demo/figure3_realignment.png
+	$(PY) -m norton_jax.demo --workdir workdir/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

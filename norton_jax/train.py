@@ -25,9 +25,11 @@ saves a checkpoint at the next step boundary and exits cleanly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow (tf.data, TensorBoard) loads
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only runs tf.data and summaries here
 import signal
 import sys
 import time
@@ -58,6 +60,12 @@ from norton_jax.training.step import (
 )
 
 
+def say(message: str) -> None:
+    """A one-line progress message on process 0 (stderr), independent of log verbosity."""
+    if jax.process_index() == 0:
+        print(f"[norton_jax.train] {message}", file=sys.stderr, flush=True)
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced (or was fed) NaN/inf; the message names what and at which step."""
 
@@ -75,6 +83,7 @@ def loss_kwargs_from_config(loss: ml_collections.ConfigDict) -> dict[str, Any]:
         num_iters=loss.num_iters,
         clip_similarity_kind=loss.clip_similarity_kind,
         fine_grained=loss.fine_grained,
+        sequence_distance=loss.get("sequence_distance", "ot"),
         chunk_size=loss.chunk_size,
     )
 
@@ -136,7 +145,7 @@ class _StopRequested:
         return self
 
     def _handle(self, signum, frame):
-        logging.warning("signal %d received: saving a checkpoint and stopping", signum)
+        say(f"signal {signum} received: saving a checkpoint and stopping")
         self.requested = True
 
     def __exit__(self, *exc):
@@ -150,10 +159,15 @@ def resolve_store(config: ml_collections.ConfigDict) -> str:
     index = os.path.join(store, f"{config.data.split}.index.json")
     if not os.path.exists(index):
         if config.data.get("build_if_missing"):
-            from data_pipeline import build
+            if config.data.build_if_missing != "youcook2-mnc":
+                raise ValueError(
+                    f"config.data.build_if_missing={config.data.build_if_missing!r}: only the embedded "
+                    "'youcook2-mnc' corpus can be built automatically"
+                )
+            from data_pipeline import youcook2_mnc
 
-            logging.info("building the %s corpus into %s", config.data.build_if_missing, store)
-            build.build_corpus(config.data.build_if_missing, store)
+            say(f"building the youcook2-mnc corpus into {store} (first run only)")
+            youcook2_mnc.build(store)
         else:
             raise FileNotFoundError(
                 f"config.data.store={store!r} has no {config.data.split!r} split ({index} missing); "
@@ -171,7 +185,7 @@ def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
         from norton_jax import import_torch
 
         import_torch.load_pretrained(model, init)
-        logging.info("initialised the model from %s", init)
+        say(f"initialised the model from {init}")
     return model
 
 
@@ -211,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             rng=restored.rng,
         )
         data_state = (restored.extra or {}).get("data")
-        logging.info("resumed from step %d", restored.step)
+        say(f"resumed from step {restored.step} of {workdir}")
 
     store = resolve_store(config)
     pipeline = PipelineConfig(
@@ -261,40 +275,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         progress = tqdm(total=int(config.train.steps), initial=start, desc="train", unit="step",
                         dynamic_ncols=True, file=sys.stderr)
-    with _StopRequested() as stop:
-        t_prev = time.perf_counter()
-        while step < stop_at:
-            batch = next(iterator)
-            state, metrics = train_step(state, shard_batch(batch, mesh))
-            step += 1
-            # Two scalars per step: a bad step stops the run before anything is saved.
-            if min(jax.device_get((metrics["inputs_finite"], metrics["finite"]))) < 1:
-                _raise_if_non_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
-            if step % config.train.log_every == 0 or step == stop_at or stop.requested:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                metrics["lr"] = float(schedule(step - 1))
-                metrics["step_time_s"] = (now - t_prev) / config.train.log_every
-                metrics["sequences_per_s"] = (
-                    num_devices * config.data.videos_per_device * pipeline.clips_per_video
-                    / config.loss.seq_len / max(metrics["step_time_s"], 1e-9))
-                t_prev = now
-                logger.write(step, metrics)
-                last = metrics
+    try:
+        with _StopRequested() as stop:
+            t_prev = time.perf_counter()
+            while step < stop_at:
+                batch = next(iterator)
+                state, metrics = train_step(state, shard_batch(batch, mesh))
+                step += 1
+                # Two scalars per step: a bad step stops the run before anything is saved.
+                if min(jax.device_get((metrics["inputs_finite"], metrics["finite"]))) < 1:
+                    _raise_if_non_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
+                if step % config.train.log_every == 0 or step == stop_at or stop.requested:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    metrics["lr"] = float(schedule(step - 1))
+                    metrics["step_time_s"] = (now - t_prev) / config.train.log_every
+                    metrics["sequences_per_s"] = (
+                        num_devices * config.data.videos_per_device * pipeline.clips_per_video
+                        / config.loss.seq_len / max(metrics["step_time_s"], 1e-9))
+                    t_prev = now
+                    logger.write(step, metrics)
+                    last = metrics
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
                 if progress is not None:
-                    progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
-            if progress is not None:
-                progress.update(1)
-            if step % config.train.checkpoint_every == 0 or step == stop_at or stop.requested:
-                save(step)
-            if stop.requested:
-                logging.warning("stopped at step %d on request; resume with the same --workdir", step)
-                break
-    ckpt.wait_until_finished()
-    ckpt.close()
-    logger.close()
-    if progress is not None:
-        progress.close()
+                    progress.update(1)
+                if step % config.train.checkpoint_every == 0 or step == stop_at or stop.requested:
+                    save(step)
+                if stop.requested:
+                    say(f"stopped at step {step} on request; resume with the same --workdir")
+                    break
+    finally:
+        # Pending (async) checkpoint writes finish even when the loop raised.
+        ckpt.wait_until_finished()
+        ckpt.close()
+        logger.close()
+        if progress is not None:
+            progress.close()
     summary = {
         "step": step,
         "workdir": workdir,
@@ -328,6 +345,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 
 def main(argv: list[str]) -> None:
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")

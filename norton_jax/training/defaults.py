@@ -23,6 +23,7 @@ def loss_config() -> ConfigDict:
             num_iters=50,  # Sinkhorn iterations (both OTs)
             clip_similarity_kind="lse",  # "lse" | "max" | "mean"
             fine_grained="reference",  # "reference" | "paper"
+            sequence_distance="ot",  # "ot" (Norton) | "soft_dtw" (TempCLR-style baseline)
             chunk_size=64,
         )
     )

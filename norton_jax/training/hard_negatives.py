@@ -49,7 +49,7 @@ def build_batches(
     ``floor(n / videos_per_batch)`` seeds are drawn without replacement; each seed's
     ``num_candidates`` nearest neighbours (L2, faiss ``IndexIVFFlat`` with
     ``min(num_lists, n // 39)`` lists trained on the first ``lists * examples_per_list``
-    vectors) form its candidate list ``[seed] + neighbours``, of which a uniform random
+    vectors; exact ``IndexFlatL2`` below two lists) form its candidate list ``[seed] + neighbours``, of which a uniform random
     subset of ``videos_per_batch`` is kept when there are more.
     """
     import faiss
@@ -58,10 +58,13 @@ def build_batches(
     n, dim = vectors.shape
     if n < videos_per_batch:
         raise ValueError(f"{n} videos cannot fill a batch of {videos_per_batch}")
-    lists = max(1, min(num_lists, n // 39))
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_L2)
-    index.train(vectors[: max(lists * examples_per_list, lists)])
+    lists = min(num_lists, n // 39)
+    if lists >= 2:
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_L2)
+        index.train(vectors[: lists * examples_per_list])
+    else:  # too few videos for an inverted file: exact search
+        index = faiss.IndexFlatL2(dim)
     index.add(vectors)
     k = min(num_candidates, n)
     seeds = rng.choice(n, size=n // videos_per_batch, replace=False)

@@ -33,6 +33,8 @@ from norton_jax.models.trainable import trainable_filter
 DATA_AXIS = "data"
 BATCH_KEYS = ("caps", "cmasks", "vfeats", "vmasks")
 Negatives = Literal["local", "global"]
+#: ``loss_fn(model, batch, rngs) -> (scalar loss, metrics with "loss_total")`` (per device).
+LossFn = Callable[[nnx.Module, dict[str, jax.Array], nnx.Rngs], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 class TrainState(NamedTuple):
@@ -69,13 +71,16 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...] = BATCH_KEYS
+) -> dict[str, jax.Array]:
     """Host-local batch rows ``[local_rows, ...]`` -> global arrays sharded over ``"data"``.
 
-    Works unchanged on one process and on many (each host passes its own rows).
+    Works unchanged on one process and on many (each host passes its own rows). ``keys``
+    are the fields sent (default: the four model inputs; fine-tuning adds e.g. ``targets``).
     """
     sharding = NamedSharding(mesh, P(DATA_AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in BATCH_KEYS}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -110,10 +115,18 @@ def make_train_step(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
-    loss_kwargs: dict[str, Any],
+    loss_kwargs: dict[str, Any] | None = None,
     negatives: Negatives = "local",
+    loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted, donated ``train_step(state, batch) -> (state, metrics)``.
+
+    By default the per-device loss is Norton's (``norton_loss(**loss_kwargs)`` on the
+    model's outputs).  ``loss_fn(model, batch, rngs) -> (loss, metrics)`` replaces it (the
+    fine-tuning losses, :mod:`norton_jax.finetune`): it runs per device inside
+    ``shard_map`` on the device's shard of ``batch`` (so it may use collectives over
+    ``"data"`` itself), must use ``rngs`` for dropout, and its ``metrics`` must hold
+    ``loss_total``; ``negatives`` must then stay ``"local"``.
 
     ``batch`` holds the four model inputs (spec 3.2) as global arrays sharded over the
     mesh's ``"data"`` axis (:func:`shard_batch`); each device's shard must hold whole
@@ -126,10 +139,16 @@ def make_train_step(
     """
     if negatives not in ("local", "global"):
         raise ValueError(f"negatives must be 'local' or 'global', got {negatives!r}")
-    loss_fn = functools.partial(norton_loss, **loss_kwargs)
+    if loss_fn is not None and negatives != "local":
+        raise ValueError("a custom loss_fn gathers negatives itself; leave negatives='local'")
+    if loss_fn is None and loss_kwargs is None:
+        raise ValueError("pass loss_kwargs (Norton's loss) or a loss_fn")
+    norton = functools.partial(norton_loss, **(loss_kwargs or {}))
 
     def compute_loss(trainable, frozen, rest, batch, key):
         model = nnx.merge(parts.graphdef, trainable, frozen, rest)
+        if loss_fn is not None:
+            return loss_fn(model, batch, nnx.Rngs(dropout=key))
         outputs = model(
             batch["caps"], batch["cmasks"], batch["vfeats"], batch["vmasks"],
             deterministic=False, rngs=nnx.Rngs(dropout=key),
@@ -137,7 +156,7 @@ def make_train_step(
         features = model_outputs_for_loss(outputs)
         if negatives == "global":
             features = tuple(jax.lax.all_gather(x, DATA_AXIS, tiled=True) for x in features)
-        return loss_fn(*features)
+        return norton(*features)
 
     def per_device(state: TrainState, frozen, rest, batch):
         device = jax.lax.axis_index(DATA_AXIS)
@@ -152,7 +171,7 @@ def make_train_step(
         )
         grads = jax.lax.pmean(grads, DATA_AXIS)
         metrics = jax.lax.pmean(metrics, DATA_AXIS)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         inputs_finite = jax.lax.pmin(jnp.all(jnp.isfinite(batch["vfeats"])).astype(jnp.float32), DATA_AXIS)
