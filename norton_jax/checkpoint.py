@@ -38,7 +38,7 @@ from flax import nnx
 
 from norton_jax.models.config import ModelConfig
 
-__all__ = ["Checkpointer", "Restored", "abstract_like"]
+__all__ = ["Checkpointer", "Restored", "abstract_like", "checkpoint_root"]
 
 _STATE_ITEMS = ("params", "opt_state", "rng")
 
@@ -126,6 +126,14 @@ def _from_saved(restored: Any, template: Any) -> Any:
         nnx.replace_by_pure_dict(state, out)
         return state
     return out
+
+
+def checkpoint_root(path: str | os.PathLike) -> str:
+    """The orbax checkpoint folder for ``path``: a training workdir (one holding
+    ``checkpoints/``, as ``norton_jax.train`` writes) maps to that subfolder."""
+    path = os.fspath(path)
+    sub = os.path.join(path, "checkpoints")
+    return sub if os.path.isdir(sub) else path
 
 
 class Checkpointer:

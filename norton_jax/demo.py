@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"training {config.train.steps} steps ({args.config}) in {workdir}/train")
     train_summary = train_and_evaluate(config, os.path.join(workdir, "train"))
-    trained = build_pretrained(os.path.join(workdir, "train", "checkpoints"), config.model)
+    trained = build_pretrained(os.path.join(workdir, "train"), config.model)
     say("evaluating the trained model")
     after = evaluate_all(trained, store, os.path.join(workdir, "eval_trained"))
 

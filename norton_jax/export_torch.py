@@ -11,11 +11,13 @@ The file holds exactly the reference keys our model covers, float32, torch layou
     video_encoder.bert.encoder.layer.{i}.{intermediate,output}.dense.{weight,bias}
     video_encoder.bert.encoder.layer.{i}.output.LayerNorm.{weight,bias}
     text_encoder.<same BERT keys>
+    video_encoder.classifier.{weight,bias}   (COIN fine-tuned models, `model.num_labels > 0`, spec §3.6)
 
 Not written: the unused BERT poolers (our model has none) and, unless
 `include_position_ids=True`, the `position_ids` buffers. Consequences:
 
-* `norton_jax.torch_reference.TorchDualEncoder` loads the file with `strict=True`;
+* `norton_jax.torch_reference.TorchDualEncoder` loads the file with `strict=True` (a COIN
+  export's two classifier keys are its only unexpected keys: `strict=False`);
 * HuggingFace `BertModel(config, add_pooling_layer=False)` loads the `text_encoder.*` keys
   (prefix stripped) with `strict=True`;
 * the reference `MMFusionSeparate` loads it the way fairseq loads checkpoints
@@ -102,8 +104,9 @@ def export_checkpoint(
     Only the `params` item is read, onto the first local device. `config` is needed only
     when the checkpoint does not store its model config.
     """
-    from norton_jax.checkpoint import Checkpointer  # noqa: PLC0415
+    from norton_jax.checkpoint import Checkpointer, checkpoint_root  # noqa: PLC0415
 
+    checkpoint_dir = checkpoint_root(checkpoint_dir)  # a training workdir -> its checkpoints/
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"checkpoint directory not found: {os.fspath(checkpoint_dir)}")
     with Checkpointer(checkpoint_dir, max_to_keep=None, enable_async=False) as ckpt:

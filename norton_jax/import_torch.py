@@ -164,7 +164,9 @@ def load_pretrained(
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        from norton_jax.checkpoint import Checkpointer  # noqa: PLC0415
+        from norton_jax.checkpoint import Checkpointer, checkpoint_root  # noqa: PLC0415
+
+        path = checkpoint_root(path)
 
         with Checkpointer(path, max_to_keep=None, enable_async=False) as ckpt:
             stored = ckpt.model_config()
@@ -201,6 +203,10 @@ def build_pretrained(
     stream is seeded with `seed + 1`.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from norton_jax.checkpoint import checkpoint_root  # noqa: PLC0415
+
+        path = checkpoint_root(path)
     if config is None:
         if os.path.isdir(path):
             from norton_jax.checkpoint import Checkpointer  # noqa: PLC0415
