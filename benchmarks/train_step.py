@@ -3,7 +3,9 @@
     python benchmarks/train_step.py [--quick] [--out results/train_step.json]
 
 1. ``tiny_train_step``: steps/s and sequences/s of the tiny config's jitted train step on
-   synthetic batches (model + both losses + Adam), on this machine's devices.
+   synthetic batches (model + both losses + Adam), on this machine's devices; and
+   ``pipeline_vs_train``: sequences/s the tf.data pipeline delivers at that geometry from
+   ``--store`` (default: the built youcook2-mnc corpus) over what the step consumes.
 2. ``paper_loss``: one loss + gradient evaluation at the paper's loss geometry (B = 1024
    clips, N = 128 sequences, 18 frame and 31 word tokens, d = 768) for our jitted
    ``norton_loss`` against the reference formulation in PyTorch
@@ -82,6 +84,42 @@ def tiny_train_step(repeats: int) -> dict:
             "compile_s": compile_s, "step_s": t, "steps_per_s": 1 / t, "sequences_per_s": rows / 8 / t}
 
 
+def pipeline_vs_train(store: str, train_sequences_per_s: float, steps: int) -> dict:
+    """Input-pipeline throughput at the tiny config's geometry vs. the train step's demand."""
+    from data_pipeline.input_pipeline import PipelineConfig, TrainIterator
+
+    it = TrainIterator(store, "train", PipelineConfig(videos_per_device=8, num_local_devices=1,
+                                                      process_index=0, process_count=1, seed=0))
+    for _ in range(2):  # tf.data start-up
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    dt = time.perf_counter() - t0
+    seq_per_s = steps * 8 * 16 / 8 / dt
+    return {"store": store, "steps_timed": steps, "pipeline_sequences_per_s": seq_per_s,
+            "train_sequences_per_s": train_sequences_per_s,
+            "pipeline_over_train": seq_per_s / train_sequences_per_s}
+
+
+def paper_geometry_memory(b: int = 1024) -> dict:
+    """XLA's temp-buffer size of our loss+gradient at the paper geometry (compiled, not run)."""
+    from norton_jax.losses import norton_loss
+
+    t_len, f_len, d = 31, 18, 768
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    fn = jax.jit(jax.value_and_grad(lambda pv, pt, tv, tt, mv, mt: norton_loss(pv, pt, tv, tt, mv, mt)[0],
+                                    argnums=(0, 1, 2, 3)))
+    compiled = fn.lower(spec(b, d), spec(b, d), spec(b, f_len, d), spec(b, t_len, d),
+                        spec(b, f_len), spec(b, t_len)).compile()
+    mem = compiled.memory_analysis()
+    temp = int(mem.temp_size_in_bytes)
+    dense = b * b * t_len * f_len * 4
+    return {"clips": b, "jax_xla_temp_bytes": temp, "dense_btf_tensor_bytes": dense,
+            "reference_dense_tensors_bytes": 3 * dense,  # s, the masked product and exp(s)
+            "jax_temp_over_dense_tensor": temp / dense}
+
+
 def paper_loss(b: int, repeats: int) -> dict:
     import torch
     import torch_norton_loss
@@ -147,13 +185,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="")
+    parser.add_argument("--store", default="data/build/youcook2-mnc",
+                        help="feature store for the pipeline-vs-train ratio (skipped if missing)")
     args = parser.parse_args()
     repeats = 3 if args.quick else 5
+    tiny = tiny_train_step(repeats * 2)
     report = {
         "device": str(jax.devices()[0]), "num_devices": jax.device_count(), "jax": jax.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count(), "quick": args.quick,
-        "tiny_train_step": tiny_train_step(repeats * 2),
-        "paper_loss": paper_loss(256 if args.quick else 1024, repeats),
+        "tiny_train_step": tiny,
+        "pipeline_vs_train": (pipeline_vs_train(args.store, tiny["sequences_per_s"], 10 if args.quick else 30)
+                              if os.path.exists(os.path.join(args.store, "train.index.json")) else None),
+        # One timed repeat at B = 1024: each loss+gradient is minutes on a 2-core CPU.
+        "paper_loss": paper_loss(256 if args.quick else 1024, 3 if args.quick else 1),
+        "paper_geometry_memory": paper_geometry_memory(1024),
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -5,7 +5,8 @@ Public API (other modules call these names):
 * :func:`clip_caption_loss` - clip-caption contrast with faulty-negative exploitation
   (Eq. 7-8, spec 2.3).
 * :func:`video_paragraph_loss` - video-paragraph contrast whose similarity is an entropic
-  OT distance with the alignable prompt bucket (Eq. 4-6, spec 2.4).
+  OT distance with the alignable prompt bucket (Eq. 4-6, spec 2.4), or (ablation baseline
+  ``sequence_distance="soft_dtw"``) a TempCLR-style soft-DTW sequence distance.
 * :func:`norton_loss` - ``L_clip + lambda * L_video`` (Eq. 1) with a metrics dict.
 * :func:`checked` - wraps any of them so that NaN/inf inputs raise an error naming the
   input (``jax.experimental.checkify``) instead of silently producing NaN losses.
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from norton_jax.dtw import DEFAULT_SOFT_DTW_GAMMA, soft_dtw_distance
 from norton_jax.ot import check_static_positive, compute_dtype, sinkhorn, sinkhorn_with_bucket
 from norton_jax.similarity import ClipSimilarity, FineGrained, clip_similarity
 
@@ -40,7 +42,8 @@ DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 #: Upper clamp of the logit scale (tau >= 0.01), as the reference's ``clamp_(0, 4.6052)``.
 MAX_LOGIT_SCALE = 4.6052
 
-SequenceDistance = Literal["ot"]
+SequenceDistance = Literal["ot", "soft_dtw"]
+SEQUENCE_DISTANCES = ("ot", "soft_dtw")
 
 
 def _cross_entropy_mean(logits: Array, labels: Array) -> Array:
@@ -168,6 +171,7 @@ def _video_paragraph_terms(
     fine_grained: FineGrained,
     sequence_distance: SequenceDistance,
     chunk_size: int,
+    soft_dtw_gamma: float = DEFAULT_SOFT_DTW_GAMMA,
 ) -> tuple[Array, dict[str, Array]]:
     _check_pooled(pooled_video, pooled_text)
     _check_tokens(pooled_video, video_tokens, text_tokens, video_mask, text_mask)
@@ -181,8 +185,17 @@ def _video_paragraph_terms(
         if prompt_ratio > 1:
             raise ValueError(f"prompt_ratio must be in (0, 1] or None, got {prompt_ratio!r}")
     check_static_positive("epsilon", epsilon)
-    if sequence_distance != "ot":
-        raise ValueError(f"sequence_distance must be 'ot', got {sequence_distance!r}")
+    if sequence_distance not in SEQUENCE_DISTANCES:
+        raise ValueError(
+            f"sequence_distance must be one of {SEQUENCE_DISTANCES}, got {sequence_distance!r}"
+        )
+    if sequence_distance == "soft_dtw":
+        check_static_positive("soft_dtw_gamma", soft_dtw_gamma)
+        if prompt_ratio is not None:
+            raise ValueError(
+                "sequence_distance='soft_dtw' has no alignable prompt bucket (an OT construct); "
+                f"pass prompt_ratio=None (got {prompt_ratio!r})"
+            )
 
     c = clip_similarity(
         pooled_text,
@@ -200,6 +213,15 @@ def _video_paragraph_terms(
     dtype = c.dtype
     grid = sequence_pair_grid(c, seq_len)  # [N, N, L, L]
     aux: dict[str, Array] = {}
+    scale = _logit_scale_factor(logit_scale, dtype)
+    if sequence_distance == "soft_dtw":
+        # TempCLR-style: logits[i, j] = -exp(logit_scale) * softDTW_gamma(1 - G_ij), the
+        # soft-DTW distance (Cuturi & Blondel 2017) of the per-pair cost 1 - C in [0, 1];
+        # all N x N pairs in one batched anti-diagonal scan.  No plan, no stop-gradient:
+        # the gradient w.r.t. G is the expected soft alignment.
+        distance = soft_dtw_distance(1.0 - grid, soft_dtw_gamma)  # [N_text, N_video]
+        logits = -scale * distance
+        return _paragraph_contrast(logits, aux)
     if prompt_ratio is None:
         # Vanilla OT (no bucket): uniform marginals.
         plan = sinkhorn(grid, epsilon=epsilon, num_iters=num_iters).plan
@@ -213,15 +235,23 @@ def _video_paragraph_terms(
     mass = jnp.sum(plan, axis=(-1, -2), keepdims=True)
     plan = jax.lax.stop_gradient(plan * (seq_len / mass))
 
+    logits = scale * jnp.sum(plan * grid, axis=(-1, -2))  # [N_text, N_video]
+    return _paragraph_contrast(logits, aux)
+
+
+def _logit_scale_factor(logit_scale, dtype) -> Array:
+    """``exp(clip(logit_scale, 0, 4.6052))`` as a scalar of ``dtype``."""
     if isinstance(logit_scale, (int, float)):
         # The reference evaluates exp(logit_scale) in float32 (trap T10).
-        scale = jnp.asarray(np.exp(np.float32(min(max(logit_scale, 0.0), MAX_LOGIT_SCALE))), dtype)
-    else:
-        scale = jnp.exp(jnp.clip(jnp.asarray(logit_scale), 0.0, MAX_LOGIT_SCALE)).astype(dtype)
-    logits = scale * jnp.sum(plan * grid, axis=(-1, -2))  # [N_text, N_video]
+        return jnp.asarray(np.exp(np.float32(min(max(logit_scale, 0.0), MAX_LOGIT_SCALE))), dtype)
+    return jnp.exp(jnp.clip(jnp.asarray(logit_scale), 0.0, MAX_LOGIT_SCALE)).astype(dtype)
+
+
+def _paragraph_contrast(logits: Array, aux: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+    """Eq. 4: ``CE(logits, arange) + CE(logits^T, arange)`` over ``logits [N_text, N_video]``."""
     labels = jnp.arange(logits.shape[0])
     loss = _cross_entropy_mean(logits, labels) + _cross_entropy_mean(logits.T, labels)
-    aux["paragraph_accuracy"] = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(dtype))
+    aux["paragraph_accuracy"] = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype))
     return loss, aux
 
 
@@ -244,6 +274,7 @@ def video_paragraph_loss(
     fine_grained: FineGrained = "reference",
     sequence_distance: SequenceDistance = "ot",
     chunk_size: int = 64,
+    soft_dtw_gamma: float = DEFAULT_SOFT_DTW_GAMMA,
 ) -> Array:
     """Video-paragraph contrast with OT sequence similarity (paper Eq. 4-6, spec 2.4).
 
@@ -272,8 +303,14 @@ def video_paragraph_loss(
       clip_similarity_kind: ``"lse"`` (Norton), ``"max"`` (ablation D) or ``"mean"``
         (ablation C).
       fine_grained: ``"reference"`` (default) or ``"paper"`` masking semantics of Eq. 5.
-      sequence_distance: ``"ot"``.
+      sequence_distance: ``"ot"`` (Norton, steps 3-4 above) or ``"soft_dtw"`` (TempCLR-style
+        baseline): steps 3-4 become ``logits[i, j] = -exp(logit_scale) *
+        softDTW_gamma(1 - G_ij)`` (Cuturi & Blondel 2017, :func:`norton_jax.dtw.soft_dtw_distance`),
+        differentiable end to end with no plan; requires ``prompt_ratio=None`` (no bucket);
+        ``epsilon`` and the sequence Sinkhorn are unused.
       chunk_size: text clips per chunk of the fine-grained similarity.
+      soft_dtw_gamma: soft-minimum smoothing of ``"soft_dtw"`` (> 0; default 0.1, see
+        :data:`norton_jax.dtw.DEFAULT_SOFT_DTW_GAMMA`).
 
     Returns:
       The scalar loss.
@@ -284,6 +321,7 @@ def video_paragraph_loss(
         fusion_weight=fusion_weight, num_iters=num_iters, logit_scale=logit_scale,
         clip_similarity_kind=clip_similarity_kind, fine_grained=fine_grained,
         sequence_distance=sequence_distance, chunk_size=chunk_size,
+        soft_dtw_gamma=soft_dtw_gamma,
     )
     return loss
 
@@ -309,6 +347,7 @@ def norton_loss(
     fine_grained: FineGrained = "reference",
     sequence_distance: SequenceDistance = "ot",
     chunk_size: int = 64,
+    soft_dtw_gamma: float = DEFAULT_SOFT_DTW_GAMMA,
     check_inputs: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     """Norton's total loss ``L_clip + weight * L_video`` (paper Eq. 1, spec 2.1).
@@ -340,6 +379,7 @@ def norton_loss(
             fusion_weight=fusion_weight, num_iters=num_iters, logit_scale=logit_scale,
             clip_similarity_kind=clip_similarity_kind, fine_grained=fine_grained,
             sequence_distance=sequence_distance, chunk_size=chunk_size,
+            soft_dtw_gamma=soft_dtw_gamma,
         )
         total = total + weight * loss_video
         metrics["loss_video_paragraph"] = loss_video

@@ -24,6 +24,7 @@ Field names follow the reference / HuggingFace BERT config (spec §3.1):
 | attention_mask_value | -10000.0 | additive key-padding mask value |
 | dtype | "float32" | compute (activation) dtype; "bfloat16" for mixed precision |
 | param_dtype | "float32" | parameter dtype |
+| num_labels | 0 | COIN fine-tuning head `video_encoder.classifier` (spec §3.6): 779; 0 = none |
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class ModelConfig:
     attention_mask_value: float = -10000.0
     dtype: str = "float32"
     param_dtype: str = "float32"
+    num_labels: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -67,7 +69,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"model config: {name} must be a positive int, got {value!r}")
-        for name in ("num_hidden_video_layers", "num_hidden_text_layers"):
+        for name in ("num_hidden_video_layers", "num_hidden_text_layers", "num_labels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"model config: {name} must be an int >= 0, got {value!r}")

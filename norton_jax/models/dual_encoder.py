@@ -115,12 +115,19 @@ class VideoTokenMLP(nnx.Module):
 
 
 class VideoEncoder(nnx.Module):
-    """`MMBertForEncoder`: video MLP + BERT over `[CLS] frames [SEP]` (no pooler)."""
+    """`MMBertForEncoder`: video MLP + BERT over `[CLS] frames [SEP]` (no pooler).
+
+    With `config.num_labels > 0` it is `MMBertForTokenClassification` (COIN fine-tuning,
+    spec §3.6): a `classifier` Linear(D, num_labels) applied by `DualEncoder.classify_frames`
+    (state-dict key `video_encoder.classifier.{weight,bias}`).
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.videomlp = VideoTokenMLP(config, rngs=rngs)
         self.bert = BertModel(config, config.num_hidden_video_layers, rngs=rngs)
+        if config.num_labels > 0:
+            self.classifier = make_linear(config.hidden_size, config.num_labels, config, rngs)
 
     def __call__(
         self,
@@ -230,6 +237,26 @@ class DualEncoder(nnx.Module):
         _check_inputs(self.config, caps, cmasks, vfeats, vmasks)
         out = self.video_encoder(caps, cmasks, vfeats, vmasks, deterministic=deterministic, rngs=rngs)
         return {k: v for k, v in out.items() if k not in _INTERMEDIATES}
+
+    def classify_frames(
+        self,
+        caps: jax.Array,  # [B, Lc] int (only [:, :2] used; COIN: [CLS][SEP][PAD][SEP])
+        cmasks: jax.Array,  # [B, Lc] bool (COIN: [0, 1, 0, 1], [CLS] masked)
+        vfeats: jax.Array,  # [B, Lv, 512]
+        vmasks: jax.Array,  # [B, Lv] bool
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:  # [B, Lv, num_labels] float32
+        """Per-frame class logits of `MMFusionSeparateActionSegmentation` (spec §3.6):
+        `classifier(video_outputs)[:, 1:Lv+1]` (frame positions only; no dropout before
+        the classifier, as the reference's unused `dropout` member)."""
+        if self.config.num_labels <= 0:
+            raise ValueError("classify_frames needs a model built with model.num_labels > 0 (COIN: 779)")
+        _check_inputs(self.config, caps, cmasks, vfeats, vmasks)
+        out = self.video_encoder(caps, cmasks, vfeats, vmasks, deterministic=deterministic, rngs=rngs)
+        frames = out["video_outputs"][:, 1 : vfeats.shape[1] + 1]  # [B, Lv, D]
+        return self.video_encoder.classifier(frames).astype(jnp.float32)
 
     def encode_text(
         self,

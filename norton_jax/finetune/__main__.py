@@ -1,0 +1,51 @@
+"""``python -m norton_jax.finetune``: fine-tune a pre-trained Norton on a downstream task.
+
+    python -m norton_jax.finetune --config configs/finetune_msrvtt.py \\
+        --init CHECKPOINT --data DATA_DIR --workdir WORKDIR [--config.train.epochs=3]
+    python -m norton_jax.finetune --config configs/finetune_coin.py --data DATA_DIR \\
+        --workdir WORKDIR --eval_only        # test-split metrics of the latest checkpoint
+
+``--init``: a reference ``.pt`` (VideoCLIP / Norton), a ``.safetensors`` export, or an
+orbax checkpoint folder / training workdir.  ``--data``: the folder with the task's
+official files (``docs/finetuning.md``).  Any config field can be overridden with
+``--config.<field>=value`` (ml_collections).  Progress goes to stderr, the summary JSON
+to stdout; see :mod:`norton_jax.finetune.trainer` for what the workdir holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from norton_jax.finetune.trainer import finetune  # noqa: E402
+# --config (a config file, here configs/finetune_*.py[:tiny]) and --workdir are the
+# pre-training CLI's flags, defined when norton_jax.train is imported.
+from norton_jax.train import _CONFIG, _WORKDIR  # noqa: E402
+_INIT = flags.DEFINE_string("init", None, "Pre-trained checkpoint to start from (.pt, .safetensors, orbax dir).")
+_DATA = flags.DEFINE_string("data", None, "Folder with the task's files (overrides config.data.dir).")
+_EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest checkpoint on the test split.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config = _CONFIG.value
+    if config is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    if _INIT.value:
+        config.train.init_checkpoint = _INIT.value
+    if _DATA.value:
+        config.data.dir = _DATA.value
+    summary = finetune(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,321 @@
+"""The fine-tuning loop (spec §5.5-5.7): the pre-training machinery with a task loss.
+
+Everything but the data and the loss is shared with :mod:`norton_jax.train`: the
+``shard_map`` train step over the ``("data",)`` mesh (:func:`~norton_jax.training.step.make_train_step`
+with a ``loss_fn``), Adam with warm-up + linear decay + clipping
+(:func:`~norton_jax.training.step.make_optimizer`), orbax checkpoints
+(:class:`~norton_jax.checkpoint.Checkpointer`), the metrics JSONL/TensorBoard logger,
+the non-finite guard and the SIGTERM handler.
+
+What a run writes to ``workdir``: ``config.json``; ``checkpoints/<step>/`` (parameters incl.
+the COIN classifier, optimiser state, RNG) every ``train.checkpoint_every`` steps (0 = every
+epoch) and at the end; ``metrics.jsonl`` + TensorBoard (train rows, and ``eval/*`` rows of
+the test-split evaluations); ``eval_step<N>.json`` per evaluation; ``summary.json``.
+A restarted run with the same workdir resumes from the latest checkpoint: batches are a
+function of the step, so it continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from norton_jax.checkpoint import Checkpointer, checkpoint_root
+from norton_jax.finetune.data import (
+    COINBatches,
+    CaptionBatches,
+    load_coin_train,
+    load_msrvtt_train,
+    resolve_in,
+)
+from norton_jax.finetune.evaluate import evaluate_task, main_metric
+from norton_jax.finetune.losses import TASK_LOSSES, make_loss_fn
+from norton_jax.models.dual_encoder import DualEncoder, init_model
+from norton_jax.train import MetricLogger, _raise_if_non_finite, _StopRequested, _write_json_atomic
+from norton_jax.train import maybe_initialize_distributed
+from norton_jax.training.step import (
+    ModelParts,
+    init_train_state,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    merge_model,
+    replicate,
+    shard_batch,
+    split_model,
+)
+
+
+def say(message: str) -> None:
+    """A one-line progress message on process 0 (stderr)."""
+    if jax.process_index() == 0:
+        print(f"[norton_jax.finetune] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Model initialisation
+# ---------------------------------------------------------------------------------------
+
+
+def _orbax_dir(path: str) -> str | None:
+    """The orbax root of a workdir / checkpoints folder, or None for a file."""
+    return checkpoint_root(path) if os.path.isdir(path) else None
+
+
+def _has_classifier(path: str) -> bool:
+    """Whether the starting checkpoint carries a ``video_encoder.classifier``."""
+    root = _orbax_dir(path)
+    if root is not None:
+        with Checkpointer(root, max_to_keep=None, enable_async=False) as ckpt:
+            return int((ckpt.model_config() or {}).get("num_labels", 0)) > 0
+    from norton_jax import import_torch  # noqa: PLC0415
+    from norton_jax.models.keys import normalise_key  # noqa: PLC0415
+
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open  # noqa: PLC0415
+
+        with safe_open(path, framework="numpy") as f:
+            keys = list(f.keys())
+    else:
+        keys = list(import_torch.read_state_dict(path)[0])
+    return any(normalise_key(k) == "video_encoder.classifier.weight" for k in keys)
+
+
+def load_init(model: DualEncoder, path: str, *, seed: int = 0) -> str:
+    """Fills ``model`` from a pre-trained checkpoint (reference ``.pt``, ``.safetensors``
+    export, orbax checkpoint folder or training workdir); returns a description.
+
+    A model with a COIN classifier (``model.num_labels > 0``) started from a checkpoint
+    without one (every pre-trained Norton / VideoCLIP checkpoint) keeps its freshly
+    initialised classifier (BERT init, N(0, 0.02), bias 0) and loads everything else.
+    """
+    from norton_jax import import_torch  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--init checkpoint not found: {path}")
+    source = _orbax_dir(path) or path
+    if model.config.num_labels > 0 and not _has_classifier(path):
+        backbone = DualEncoder(model.config.replace(num_labels=0), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+        import_torch.load_pretrained(backbone, source)
+        nnx.update(model, nnx.state(backbone, nnx.Param))
+        return f"{source} (classifier newly initialised)"
+    import_torch.load_pretrained(model, source)
+    return source
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def build_batches(config: ml_collections.ConfigDict, data_dir: str, num_devices: int):
+    """The task's training batches (:class:`CaptionBatches` / :class:`COINBatches`)."""
+    from norton_jax.evaluate.run import Layout  # noqa: PLC0415
+
+    d, task = config.data, config.task
+    common = dict(seed=int(d.seed), num_devices=num_devices,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+    features = resolve_in(data_dir, d.features)
+    if task == "coin":
+        train = load_coin_train(resolve_in(data_dir, d.train_list), features,
+                                num_labels=config.model.num_labels, missing=d.missing)
+        return COINBatches(train, videos_per_device=int(config.train.videos_per_device),
+                           stride=int(d.stride), size=int(d.size), **common)
+    train = load_msrvtt_train(resolve_in(data_dir, d.train_list), resolve_in(data_dir, d.captions), features,
+                              missing=d.missing)
+    return CaptionBatches(train, batch_size=int(config.train.batch_size),
+                          layout=Layout(int(d.max_video_len), int(d.max_len)), dup=int(d.dup), **common)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Clear errors for the config fields the fine-tuning loop relies on."""
+    if config.get("task") not in TASK_LOSSES:
+        raise ValueError(f"config.task must be one of {sorted(TASK_LOSSES)}, got {config.get('task')!r}")
+    num_labels = int(config.model.get("num_labels", 0))
+    if config.task == "coin" and num_labels < 2:
+        raise ValueError("config.model.num_labels must be the COIN class count (779) for task 'coin'")
+    if config.task != "coin" and num_labels:
+        raise ValueError(f"config.model.num_labels={num_labels}: only the 'coin' task has a classifier")
+    if not config.data.get("dir"):
+        raise ValueError("no data folder: pass --data DIR (or set config.data.dir)")
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def _host_model(parts: ModelParts, trainable: Any) -> DualEncoder:
+    """An eval copy of the model with host-fetched (then single-device) parameters."""
+    model = merge_model(parts, trainable)
+    graphdef, state = nnx.split(model)
+
+    def local(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.device_get(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(jnp.asarray(data), impl=jax.random.key_impl(x))
+        return jnp.asarray(np.asarray(jax.device_get(x)))
+
+    return nnx.merge(graphdef, jax.tree.map(local, state))
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) fine-tuning of ``config.task``; returns the summary dict.
+
+    ``eval_only``: no training; evaluate the latest checkpoint of ``workdir`` (or the
+    ``--init`` model when there is none) on the test split.
+    """
+    check_config(config)
+    maybe_initialize_distributed(config)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    data_dir = os.path.expanduser(config.data.dir)
+    if is_main and not eval_only:
+        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+
+    mesh = make_mesh()
+    num_devices = mesh.devices.size
+    model = init_model(config.model, seed=int(config.train.seed))
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=int(config.train.keep_checkpoints),
+        model_config=model.config,
+    )
+    resumed = ckpt.latest_step() is not None
+    if not resumed and config.train.get("init_checkpoint"):
+        say(f"initialised from {load_init(model, config.train.init_checkpoint, seed=int(config.train.seed))}")
+    elif not resumed:
+        say("no --init checkpoint and no checkpoint in the workdir: starting from a random initialisation")
+
+    batches = None if eval_only else build_batches(config, data_dir, num_devices)
+    steps_per_epoch = batches.steps_per_epoch if batches is not None else 1
+    total = int(config.train.get("steps") or 0) or int(config.train.epochs) * steps_per_epoch
+    tx, schedule = make_optimizer(config.optim, int(config.optim.get("total_steps") or total))
+    parts, trainable = split_model(model, config.train.trainable)
+    state = init_train_state(trainable, tx, int(config.train.seed))
+    if resumed:
+        restored = ckpt.restore(params=nnx.state(model, nnx.Param), opt_state=state.opt_state, rng=state.rng)
+        nnx.update(model, restored.params)
+        parts, trainable = split_model(model, config.train.trainable)
+        state = state._replace(step=jnp.asarray(restored.step, jnp.int32), trainable=trainable,
+                               opt_state=restored.opt_state, rng=restored.rng)
+        say(f"{'evaluating' if eval_only else 'resumed from'} step {restored.step} of {workdir}")
+
+    parts = ModelParts(parts.graphdef, replicate(parts.frozen, mesh), replicate(parts.rest, mesh))
+    live = {"state": replicate(state, mesh)}  # the current TrainState (donated each step)
+    logger = MetricLogger(workdir, enabled=is_main)
+    evaluations: dict[int, dict[str, Any]] = {}
+
+    def evaluate(step: int) -> None:
+        if not is_main:
+            return
+        t0 = time.perf_counter()
+        result = evaluate_task(_host_model(parts, live["state"].trainable), config, data_dir)
+        result["step"] = step
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        evaluations[step] = result
+        _write_json_atomic(os.path.join(workdir, f"eval_step{step}.json"), result)
+        logger.write(step, {f"eval/{k}": float(v) for k, v in result["metrics"].items()})
+        key = main_metric(config.task)
+        say(f"step {step}: test {key} = {result['metrics'][key]:.4f} ({result['counts']})")
+
+    def save(step: int) -> None:
+        full = merge_model(parts, live["state"].trainable)
+        ckpt.save(step, params=nnx.state(full, nnx.Param), opt_state=live["state"].opt_state,
+                  rng=live["state"].rng, extra={"task": config.task, "epoch": step / steps_per_epoch},
+                  force=True)
+
+    start = int(live["state"].step)
+    step = start
+    stop = _StopRequested()
+    try:
+        if eval_only:
+            evaluate(start)
+        else:
+            if config.eval.at_start and start == 0:
+                evaluate(0)
+            train_step = make_train_step(parts, tx, mesh, loss_fn=make_loss_fn(config.task))
+            step = _train_loop(config, live, train_step, mesh, schedule, batches, total, save, evaluate,
+                               logger, stop, is_main)
+            if config.eval.at_end and step == total and step not in evaluations:
+                evaluate(step)
+    finally:
+        ckpt.wait_until_finished()
+        ckpt.close()
+        logger.close()
+    summary = {
+        "task": config.task,
+        "step": step,
+        **({} if eval_only else {"total_steps": total, "steps_per_epoch": steps_per_epoch}),
+        "workdir": workdir,
+        "checkpoint": os.path.join(workdir, "checkpoints", str(step)),
+        "interrupted": bool(stop.requested),
+        "eval": {s: r["metrics"] for s, r in sorted(evaluations.items())},
+    }
+    if is_main:
+        _write_json_atomic(os.path.join(workdir, "eval_summary.json" if eval_only else "summary.json"), summary)
+    return summary
+
+
+def _train_loop(config, live, train_step, mesh, schedule, batches, total, save, evaluate, logger, stop,
+                is_main) -> int:
+    """Steps from ``live["state"].step`` to ``total`` (or ``train.stop_after_steps`` more);
+    returns the last step.  Logs every ``train.log_every`` steps, saves every
+    ``train.checkpoint_every`` steps (0 = every epoch) and at the end, evaluates every
+    ``eval.every_steps`` (0 = never) steps; SIGTERM saves and stops at a step boundary."""
+    tc = config.train
+    every = int(tc.checkpoint_every) or batches.steps_per_epoch
+    eval_every = int(config.eval.get("every_steps") or 0)
+    start = int(live["state"].step)
+    stop_at = total
+    if tc.get("stop_after_steps"):
+        stop_at = min(stop_at, start + int(tc.stop_after_steps))
+    progress = None
+    if is_main and tc.get("progress", True):
+        from tqdm import tqdm  # noqa: PLC0415
+
+        progress = tqdm(total=total, initial=start, desc=f"finetune {config.task}", unit="step",
+                        dynamic_ncols=True, file=sys.stderr)
+    step = start
+    try:
+        with stop:
+            t_prev, last_logged = time.perf_counter(), start
+            while step < stop_at:
+                batch = shard_batch(batches(step), mesh, batches.keys)
+                live["state"], metrics = train_step(live["state"], batch)
+                step += 1
+                # two scalars per step: a bad step stops the run before anything is saved
+                if min(jax.device_get((metrics["inputs_finite"], metrics["finite"]))) < 1:
+                    _raise_if_non_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
+                if step % tc.log_every == 0 or step == stop_at or stop.requested:
+                    row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    row["lr"] = float(schedule(step - 1))
+                    row["epoch"] = step / batches.steps_per_epoch
+                    row["step_time_s"] = (now - t_prev) / max(step - last_logged, 1)
+                    t_prev, last_logged = now, step
+                    logger.write(step, row)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{row['loss_total']:.4f}")
+                if progress is not None:
+                    progress.update(1)
+                if step % every == 0 or step == stop_at or stop.requested:
+                    save(step)
+                if eval_every and step % eval_every == 0 and step != stop_at:
+                    evaluate(step)
+                if stop.requested:
+                    say(f"stopped at step {step} on request; resume with the same --workdir")
+                    break
+    finally:
+        if progress is not None:
+            progress.close()
+    return step
