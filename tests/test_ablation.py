@@ -39,10 +39,14 @@ def test_ablation_smoke_two_rows(tmp_path):
     bench = _benchmark()
     store = os.path.join(REPO, "data", "build", "youcook2-mnc")
     if not os.path.exists(os.path.join(store, "train.index.json")):
-        pytest.skip("youcook2-mnc is not built (python -m data_pipeline.build youcook2-mnc)")
+        # A fresh clone (CI): build a 24 + 24-video youcook2-mnc subset for the smoke run.
+        from data_pipeline.youcook2_mnc import MNCConfig, build
+
+        store = str(tmp_path / "youcook2-mnc-24")
+        build(store, MNCConfig(max_videos=24), cache_dir=str(tmp_path / "cache"), progress=False)
     out = str(tmp_path / "ablation_smoke")
     result = bench.main([
-        "--smoke", "--rows", "A,TempCLR", "--steps", "4", "--max-videos", "12",
+        "--smoke", "--rows", "A,TempCLR", "--steps", "4", "--max-videos", "12", "--store", store,
         "--workdir", str(tmp_path / "work"), "--out", out, "--jax-cache", "",
     ])
     assert [r["row"] for r in result["runs"]] == ["A", "TempCLR"]
