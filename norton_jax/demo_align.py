@@ -1,8 +1,9 @@
 """Re-alignment demo: the four panels of the paper's Figure 3 on a generated noisy pair.
 
 A cooking video of 8 clips is narrated by 8 captions with the two kinds of noise Norton
-is built for: *asynchrony* (captions 2-5 are spoken one clip early or late) and
-*irrelevant* narration (two captions talk about something that is never shown).  The
+is built for: *asynchrony* (captions 2 and 3 are spoken in swapped order, each one clip
+out of sync) and *irrelevant* narration (captions 4 and 6 talk about something that is
+never shown).  The
 clip and caption embeddings are generated from shared latent "step" vectors plus noise,
 so the similarity has the structure of real noisy narration but needs no model.
 
@@ -52,12 +53,12 @@ class NoisyPair:
 
 
 def make_noisy_pair(seed: int = 0, dim: int = 64, noise: float = 0.35) -> NoisyPair:
-    """Builds the demo's sequence pair: 8 clips, 8 captions (2 irrelevant, 4 shifted)."""
+    """Builds the demo's sequence pair: 8 clips, 8 captions (2 irrelevant, 2 swapped)."""
     rng = np.random.default_rng(seed)
     steps = rng.normal(size=(len(CLIP_STEPS), dim))
     steps /= np.linalg.norm(steps, axis=1, keepdims=True)
     clips = steps + noise * rng.normal(size=steps.shape) / np.sqrt(dim)
-    # caption i -> clip true_clip[i]; captions 2..5 are out of sync by one clip.
+    # caption i -> clip true_clip[i]; captions 2 and 3 are swapped, 4 and 6 irrelevant.
     true_clip: list[int | None] = [0, 1, 3, 2, None, 5, None, 7]
     texts = {
         0: "first we crack a few eggs into a bowl",
