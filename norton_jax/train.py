@@ -60,10 +60,10 @@ from norton_jax.training.step import (
 )
 
 
-def say(message: str) -> None:
+def say(message: str, *, source: str = "norton_jax.train") -> None:
     """A one-line progress message on process 0 (stderr), independent of log verbosity."""
     if jax.process_index() == 0:
-        print(f"[norton_jax.train] {message}", file=sys.stderr, flush=True)
+        print(f"[{source}] {message}", file=sys.stderr, flush=True)
 
 
 class NonFiniteError(FloatingPointError):
@@ -343,14 +343,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config go.")
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def config_and_workdir_from_flags() -> tuple[ml_collections.ConfigDict, str]:
+    """``--config`` and ``--workdir`` (both required) for the training CLIs; quiets orbax."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
-    summary = train_and_evaluate(config, _WORKDIR.value)
+    return config, _WORKDIR.value
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    config, workdir = config_and_workdir_from_flags()
+    summary = train_and_evaluate(config, workdir)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 

@@ -20,12 +20,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from norton_jax.finetune.trainer import finetune  # noqa: E402
 # --config (a config file, here configs/finetune_*.py[:tiny]) and --workdir are the
 # pre-training CLI's flags, defined when norton_jax.train is imported.
-from norton_jax.train import _CONFIG, _WORKDIR  # noqa: E402
+from norton_jax.train import config_and_workdir_from_flags  # noqa: E402
 _INIT = flags.DEFINE_string("init", None, "Pre-trained checkpoint to start from (.pt, .safetensors, orbax dir).")
 _DATA = flags.DEFINE_string("data", None, "Folder with the task's files (overrides config.data.dir).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest checkpoint on the test split.")
@@ -33,16 +33,12 @@ _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest che
 
 def main(argv: list[str]) -> None:
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    config = _CONFIG.value
-    if config is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
+    config, workdir = config_and_workdir_from_flags()
     if _INIT.value:
         config.train.init_checkpoint = _INIT.value
     if _DATA.value:
         config.data.dir = _DATA.value
-    summary = finetune(config, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
+    summary = finetune(config, workdir, eval_only=_EVAL_ONLY.value)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 

@@ -17,6 +17,7 @@ function of the step, so it continues exactly.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ from norton_jax.finetune.losses import TASK_LOSSES, make_loss_fn
 from norton_jax.models.dual_encoder import DualEncoder, init_model
 from norton_jax.train import MetricLogger, _raise_if_non_finite, _StopRequested, _write_json_atomic
 from norton_jax.train import maybe_initialize_distributed
+from norton_jax.train import say as train_say
 from norton_jax.training.step import (
     ModelParts,
     init_train_state,
@@ -54,10 +56,7 @@ from norton_jax.training.step import (
 )
 
 
-def say(message: str) -> None:
-    """A one-line progress message on process 0 (stderr)."""
-    if jax.process_index() == 0:
-        print(f"[norton_jax.finetune] {message}", file=sys.stderr, flush=True)
+say = functools.partial(train_say, source="norton_jax.finetune")
 
 
 # ---------------------------------------------------------------------------------------
