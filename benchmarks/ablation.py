@@ -1,9 +1,12 @@
 """Table 7 ablation of Norton on the embedded ``youcook2-mnc`` corpus (issue 8, spec §5.10).
 
-Trains every row of ``configs/ablation.py`` (A-J, the vanilla-OT row ``OT`` and the
-soft-DTW ``TempCLR`` baseline) with the tiny config for the same number of steps from the
-same initialisation (seed ``s`` sets both the model init and the data order of every row),
-then evaluates each checkpoint on the corpus' validation split:
+Protocol (the paper's post-pretraining, scaled down): a *base* model is first trained
+once with the clip-caption loss only (row A's loss, ``--base-steps`` steps from a random
+init, seed 0) -- our stand-in for the pre-trained VideoCLIP that Norton starts from.  Every
+row of ``configs/ablation.py`` (A-J, the vanilla-OT row ``OT`` and the soft-DTW ``TempCLR``
+baseline) is then post-trained from that same base with the tiny config for the same number
+of steps (seed ``s`` sets the data order and the dropout stream of every row), and each
+checkpoint, and the base itself, is evaluated on the corpus' validation split:
 
 * clip retrieval R@1/R@5 (``youcook2_clip``);
 * paragraph retrieval with Cap. Avg. / DTW / OTAM, R@1/R@5, without and with background
@@ -15,14 +18,17 @@ Writes ``<out>.md`` (mean and std per row, the exact command, machine, date, mea
 costs and the estimated cost of the full protocol), ``<out>.json`` (every run) and
 ``<out>.png``.  Usage::
 
-    python benchmarks/ablation.py                       # full: 12 rows x 3 seeds
+    python benchmarks/ablation.py                       # full: base + 12 rows x 3 seeds
+    python benchmarks/ablation.py --base-steps 0        # rows from a random init instead
     python benchmarks/ablation.py --smoke --rows A,J    # CI: 1 seed, 20 steps, 40 videos
     python benchmarks/ablation.py --noise-sweep         # rows A, C, J vs noise, 1 seed (one plot)
     python benchmarks/ablation.py --report-only --notes results/ablation_notes.md  # re-render
 
 ``--noise-sweep`` builds the corpus variants once into ``--cache-dir`` (irrelevant
 fraction 0/25/50/75 %, and per-caption time shift std 0/4/8/12 s at the default 30 %
-chatter) and writes ``<out>_noise.{md,json,png}``.
+chatter), post-trains rows A, C and J on each from the same base (trained on ``--store``)
+and writes ``<out>_noise.{md,json,png}``.  The base is kept in ``--workdir`` and reused by
+later invocations with the same store, steps and seed.
 
 Timings: every run records wall and process-CPU seconds of its three phases (start-up =
 model init + compilation + the first hard-negative plan, steps, evaluation); the estimate
@@ -60,7 +66,10 @@ METHODS = ("dtw", "cap_avg", "otam")
 METHOD_NAMES = {"dtw": "DTW", "cap_avg": "Cap. Avg.", "otam": "OTAM"}
 DEFAULT_STORE = os.path.join(REPO, "data", "build", "youcook2-mnc")
 FULL_STEPS = 100
+BASE_STEPS = 300  # clip-only base (the `make demo` length); 0 = rows start from a random init
+BASE_ROW = "A"  # the base's loss: clip-caption InfoNCE only
 SMOKE_STEPS = 20
+SMOKE_BASE_STEPS = 10
 SMOKE_VIDEOS = 40
 IRRELEVANT_LEVELS = (0.0, 0.25, 0.5, 0.75)
 SHIFT_LEVELS = (0.0, 4.0, 8.0, 12.0)  # shift_std in s; max_shift = 3 * shift_std
@@ -111,10 +120,15 @@ def parse_rows(text: str) -> list[str]:
     return rows
 
 
-def row_config(row: str, *, steps: int, seed: int, store: str):
-    """The tiny-config variant of ``row`` for one run (same init and data order per seed)."""
+def row_config(row: str, *, steps: int, seed: int, store: str, init: str = ""):
+    """The tiny-config variant of ``row`` for one run.
+
+    ``init`` is the base workdir every row starts from ('' = random init from ``seed``);
+    ``seed`` also sets the data order and the dropout stream.
+    """
     config = _ablation_module().get_config(row)
     with config.unlocked():
+        config.train.init_checkpoint = init
         config.train.steps = int(steps)
         config.train.seed = int(seed)  # model init (identical for every row of a seed)
         config.data.seed = int(seed)  # data order
@@ -145,14 +159,13 @@ def _flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def train_and_eval(row: str, seed: int, *, steps: int, store: str, workdir: str,
-                   max_videos: int | None) -> dict[str, Any]:
-    """One run: fresh workdir, train ``steps`` steps, evaluate the four tasks."""
-    from norton_jax.evaluate.run import evaluate_checkpoint
+                   max_videos: int | None, init: str = "") -> dict[str, Any]:
+    """One run: fresh workdir, train ``steps`` steps (from ``init`` if given), evaluate."""
     from norton_jax.train import train_and_evaluate
 
     if os.path.exists(workdir):
         shutil.rmtree(workdir)
-    config = row_config(row, steps=steps, seed=seed, store=store)
+    config = row_config(row, steps=steps, seed=seed, store=store, init=init)
     w0, c0 = time.perf_counter(), time.process_time()
     summary = train_and_evaluate(config, workdir)
     w1, c1 = time.perf_counter(), time.process_time()
@@ -164,16 +177,15 @@ def train_and_eval(row: str, seed: int, *, steps: int, store: str, workdir: str,
     for a, b in zip(logs, logs[1:]):
         step_times.append(b["step_time_s"])
     steady = float(np.median(step_times)) if step_times else float("nan")
-    results = {}
-    for task in TASKS:
-        results[task] = evaluate_checkpoint(workdir, task, store, max_videos=max_videos)
+    results = evaluate_all(workdir, store, max_videos)
     w2, c2 = time.perf_counter(), time.process_time()
     final = summary.get("metrics", {})
     return {
         "row": row,
         "seed": seed,
         "steps": int(summary["step"]),
-        "store": os.path.relpath(store, REPO) if store.startswith(REPO) else store,
+        "init": _rel(init) if init else "random",
+        "store": _rel(store),
         "max_videos": max_videos,
         "metrics": _flatten(results),
         "counts": {t: results[t]["counts"] for t in TASKS},
@@ -184,6 +196,50 @@ def train_and_eval(row: str, seed: int, *, steps: int, store: str, workdir: str,
             "steady_step_wall_s": round(steady, 3),
         },
     }
+
+
+def _rel(path: str) -> str:
+    return os.path.relpath(path, REPO) if os.path.abspath(path).startswith(REPO) else path
+
+
+def evaluate_all(workdir: str, store: str, max_videos: int | None) -> dict[str, dict[str, Any]]:
+    """The four evaluation tasks of one checkpoint (its latest step)."""
+    from norton_jax.evaluate.run import evaluate_checkpoint
+
+    return {task: evaluate_checkpoint(workdir, task, store, max_videos=max_videos) for task in TASKS}
+
+
+def base_workdir(workdir: str, store: str, steps: int) -> str:
+    """Where the base of ``store`` trained for ``steps`` steps lives (shared by invocations)."""
+    return os.path.join(workdir, f"base_{os.path.basename(os.path.normpath(store))}_{steps}steps")
+
+
+def ensure_base(args) -> dict[str, Any] | None:
+    """Trains (or reuses) the clip-only base every row starts from; its run record.
+
+    The base is row ``BASE_ROW``'s loss trained ``args.base_steps`` steps from a random init
+    with seed 0 on ``args.store``.  A finished base with the same settings (its
+    ``base_run.json``) is reused, so the table and the noise sweep share one base.
+    Returns None when ``--base-steps 0`` (every row then starts from a random init).
+    """
+    if args.base_steps == 0:
+        return None
+    workdir = base_workdir(args.workdir, args.store, args.base_steps)
+    record_path = os.path.join(workdir, "base_run.json")
+    if os.path.exists(record_path):
+        with open(record_path) as fh:
+            record = json.load(fh)
+        if (record.get("steps") == args.base_steps and record.get("store") == _rel(args.store)
+                and record.get("max_videos") == args.max_videos):
+            print(f"[ablation] reusing the base {_rel(workdir)}", file=sys.stderr, flush=True)
+            return record
+    print(f"[ablation] base: row {BASE_ROW} loss, {args.base_steps} steps from a random init",
+          file=sys.stderr, flush=True)
+    record = train_and_eval(BASE_ROW, 0, steps=args.base_steps, store=args.store, workdir=workdir,
+                            max_videos=args.max_videos)
+    record.update(row="base", workdir=_rel(workdir))
+    _dump(record_path, record)
+    return record
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,9 +353,11 @@ def check_claims(agg: dict[str, dict[str, tuple[float, float, int]]]) -> list[tu
 
 
 def write_table_report(out: str, runs: list[dict[str, Any]], args, command: str, wall_s: float,
-                       machine: str | None = None, date: str | None = None, rendered_by: str | None = None) -> None:
-    rows = [r for r in ROW_ORDER if any(x["row"] == r for x in runs)]
-    agg = aggregate(runs, lambda r: r["row"])
+                       machine: str | None = None, date: str | None = None, rendered_by: str | None = None,
+                       base: dict[str, Any] | None = None, revision: str | None = None) -> None:
+    table_runs = list(runs) + ([base] if base else [])
+    rows = [r for r in ("base",) + ROW_ORDER if any(x["row"] == r for x in table_runs)]
+    agg = aggregate(table_runs, lambda r: r["row"])
     seeds = sorted({r["seed"] for r in runs})
     steps = runs[0]["steps"]
     counts = runs[0]["counts"]
@@ -310,13 +368,18 @@ def write_table_report(out: str, runs: list[dict[str, Any]], args, command: str,
         f"# Norton ablation (Table 7) on youcook2-mnc — {args.label}",
         "",
         f"* **Command**: `{command}`",
-        f"* **Date**: {date or _now()}; **revision** {git_revision()}; total wall time {wall_s / 60:.1f} min",
+        f"* **Date**: {date or _now()}; **revision** {revision or git_revision()}; total wall time {wall_s / 60:.1f} min",
         f"* **Machine**: {machine or machine_line()}",
         *([f"* Report re-rendered from `{os.path.basename(out)}.json` (no training) by `{rendered_by}`"]
           if rendered_by else []),
+        (f"* **Base**: row {BASE_ROW}'s loss (clip-caption InfoNCE only) trained {base['steps']} steps from a "
+         f"random init (seed 0), kept in `{base['workdir']}`; every row below is post-trained from it "
+         "(all parameters), as Norton post-pretrains VideoCLIP. Row `base` is this model without post-training."
+         if base else "* **Init**: every row starts from a random init (seed s), no base model."),
         f"* **Protocol**: tiny config (`configs/ablation.py:<row>`), {steps} training steps per run "
         f"(8 videos x 16 clips per step, lr warm-up 20 steps then linear decay to 0 at step {steps}), "
-        f"seeds {seeds} (seed s = model init and data order of every row), corpus `{runs[0]['store']}` "
+        f"seeds {seeds} (seed s = data order and dropout of every row"
+        + ("" if base else " and the model init") + f"), corpus `{runs[0]['store']}` "
         f"(train split), evaluation on its val split"
         + (f" restricted to the first {runs[0]['max_videos']} videos" if runs[0].get("max_videos") else " (all videos)")
         + f": {counts['youcook2_clip']['clips']} clips of {counts['youcook2_clip']['videos']} videos "
@@ -331,7 +394,7 @@ def write_table_report(out: str, runs: list[dict[str, Any]], args, command: str,
     ]
     for r in rows:
         a = agg[r]
-        losses = [x["train_loss_final"]["loss_total"] for x in runs if x["row"] == r]
+        losses = [x["train_loss_final"]["loss_total"] for x in table_runs if x["row"] == r]
         loss = f"{np.mean([v for v in losses if v is not None]):.3f}" if any(v is not None for v in losses) else "-"
         lines.append(f"| {r} | {_pct(a['clip.R1'])} | {_pct(a['clip.R5'])} | {_pct(a['clip.MR'], ranks=True)} | "
                      f"{_pct(a['align.recall'])} | {_pct(a['align.auc'])} | {loss} |")
@@ -360,7 +423,9 @@ def write_table_report(out: str, runs: list[dict[str, Any]], args, command: str,
         f"Measured per run on this machine (medians over {len(runs)} runs): start-up "
         f"{model['fixed_train_wall_s']:.0f} s wall (init, compilation, first hard-negative plan), "
         f"{model['per_step_wall_s']:.2f} s wall per steady training step, evaluation "
-        f"{model['eval_wall_s']:.0f} s wall; training kept {model['cpu_per_wall_train']:.2f} cores busy on average.",
+        f"{model['eval_wall_s']:.0f} s wall; training kept {model['cpu_per_wall_train']:.2f} cores busy on average."
+        + (f" The base took {base['time']['train_wall_s']:.0f} s to train and {base['time']['eval_wall_s']:.0f} s "
+           "to evaluate (once; reused when it exists)." if base else ""),
         "",
         f"Estimated full protocol ({len(ROW_ORDER)} rows x 3 seeds x {FULL_STEPS} steps = {full_runs} runs, "
         "`python benchmarks/ablation.py`): "
@@ -438,6 +503,9 @@ def run_noise_sweep(args, command: str) -> None:
     from data_pipeline import youcook2_mnc
 
     t0 = time.perf_counter()
+    revision = git_revision()
+    base = ensure_base(args)
+    init = os.path.join(REPO, base["workdir"]) if base else ""
     runs = []
     for axis, level, cfg in sweep_corpora(args.cache_dir, args.sweep_videos):
         store = corpus_dir(args.cache_dir, axis, level, args.sweep_videos)
@@ -445,20 +513,22 @@ def run_noise_sweep(args, command: str) -> None:
         for row in args.sweep_rows:
             for seed in range(args.seeds):
                 print(f"[ablation] noise {axis}={level:g} row {row} seed {seed}", file=sys.stderr, flush=True)
-                run = train_and_eval(row, seed, steps=args.steps, store=store,
+                run = train_and_eval(row, seed, steps=args.steps, store=store, init=init,
                                      workdir=os.path.join(args.workdir, f"noise_{axis}{level:g}_{row}_s{seed}"),
                                      max_videos=args.max_videos)
                 run.update(axis=axis, level=level)
                 runs.append(run)
-                _dump(args.out + "_noise.json", {"command": command, "runs": runs})
+                _dump(args.out + "_noise.json", {"command": command, "base": base, "runs": runs})
     wall = time.perf_counter() - t0
     agg = aggregate(runs, lambda r: (r["axis"], r["level"], r["row"]))
     lines = [f"# Noise sweep — {args.label}", "", f"* **Command**: `{command}`",
              f"* **Date**: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
-             f"revision {git_revision()}; wall {wall / 60:.1f} min",
+             f"revision {revision}; wall {wall / 60:.1f} min",
              f"* **Machine**: {machine_line()}",
              f"* rows {', '.join(args.sweep_rows)}, {args.steps} steps, {args.seeds} seed(s), corpora of "
-             f"{args.sweep_videos} videos per split in `{args.cache_dir}`; max_shift = 3 x shift_std.", ""]
+             f"{args.sweep_videos} videos per split in `{_rel(args.cache_dir)}`; max_shift = 3 x shift_std; "
+             + (f"every run post-trained from the base `{base['workdir']}` ({base['steps']} clip-only steps on "
+                f"`{base['store']}`)." if base else "every run from a random init."), ""]
     for axis, title in (("irrelevant_fraction", "irrelevant fraction"), ("shift_std", "shift std (s)")):
         levels = IRRELEVANT_LEVELS if axis == "irrelevant_fraction" else SHIFT_LEVELS
         lines += [f"## vs {title}", "", "| row | " + " | ".join(
@@ -519,6 +589,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="seeds 0..N-1 per row (default 3; --smoke and --noise-sweep 1)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"training steps per run (default {FULL_STEPS}; --smoke {SMOKE_STEPS})")
+    p.add_argument("--base-steps", type=int, default=None,
+                   help=f"steps of the clip-only base every row starts from (default {BASE_STEPS}; --smoke "
+                        f"{SMOKE_BASE_STEPS}; 0 = rows start from a random init)")
     p.add_argument("--max-videos", type=int, default=None,
                    help=f"evaluate on the first N val videos (default all; --smoke {SMOKE_VIDEOS})")
     p.add_argument("--smoke", action="store_true", help="1 seed, 20 steps, 40 val videos (CI)")
@@ -543,6 +616,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seeds = 1 if (args.smoke or args.noise_sweep) else 3
     if args.steps is None:
         args.steps = SMOKE_STEPS if args.smoke else FULL_STEPS
+    if args.base_steps is None:
+        args.base_steps = SMOKE_BASE_STEPS if args.smoke else BASE_STEPS
     if args.max_videos is None and args.smoke:
         args.max_videos = SMOKE_VIDEOS
     if args.smoke and args.noise_sweep and args.sweep_videos == 300:
@@ -554,6 +629,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("seeds", "steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1")
+    if args.base_steps < 0:
+        raise SystemExit("--base-steps must be >= 0")
     return args
 
 
@@ -572,28 +649,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             saved = json.load(fh)
         args.label = saved.get("label", args.label)
         write_table_report(args.out, saved["runs"], args, saved["command"], saved["wall_s"],
-                           machine=saved.get("machine"), date=saved.get("date"), rendered_by=command)
-        return {"out": args.out, "runs": saved["runs"]}
+                           machine=saved.get("machine"), date=saved.get("date"), rendered_by=command,
+                           base=saved.get("base"), revision=saved.get("revision"))
+        return {"out": args.out, "runs": saved["runs"], "base": saved.get("base")}
     if args.noise_sweep:
         run_noise_sweep(args, command)
         return {"out": args.out + "_noise"}
     t0 = time.perf_counter()
+    revision = git_revision()  # of the code that runs (later edits do not change it)
+    base = ensure_base(args)
+    init = os.path.join(REPO, base["workdir"]) if base else ""
     runs = []
     for seed in range(args.seeds):
         for row in args.rows:
             print(f"[ablation] row {row} seed {seed} ({args.steps} steps)", file=sys.stderr, flush=True)
-            run = train_and_eval(row, seed, steps=args.steps, store=args.store,
+            run = train_and_eval(row, seed, steps=args.steps, store=args.store, init=init,
                                  workdir=os.path.join(args.workdir, f"{row}_s{seed}"), max_videos=args.max_videos)
             runs.append(run)
             print(f"[ablation]   {json.dumps(run['time'])} clip R1 {run['metrics']['clip.R1']:.4f} "
                   f"bg DTW R1 {run['metrics']['para_bg.dtw.R1']:.4f} align {run['metrics']['align.recall']:.4f}",
                   file=sys.stderr, flush=True)
-            _dump(args.out + ".json", {"command": command, "label": args.label, "runs": runs})
+            _dump(args.out + ".json", {"command": command, "label": args.label, "base": base, "runs": runs})
     wall = time.perf_counter() - t0
     _dump(args.out + ".json", {"command": command, "label": args.label, "wall_s": round(wall, 1),
-                               "machine": machine_line(), "date": _now(), "cost_model": cost_model(runs), "runs": runs})
-    write_table_report(args.out, runs, args, command, wall)
-    return {"out": args.out, "runs": runs}
+                               "machine": machine_line(), "date": _now(), "revision": revision,
+                               "cost_model": cost_model(runs), "base": base, "runs": runs})
+    write_table_report(args.out, runs, args, command, wall, base=base, revision=revision)
+    return {"out": args.out, "runs": runs, "base": base}
 
 
 if __name__ == "__main__":
