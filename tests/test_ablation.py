@@ -33,6 +33,44 @@ def test_parse_rows_and_defaults():
     assert set(bench.ROW_ORDER) == set(module.ROWS)
 
 
+def test_row_config_starts_from_the_base():
+    bench = _benchmark()
+    scratch = bench.row_config("J", steps=7, seed=2, store="/x/store")
+    assert scratch.train.init_checkpoint == "" and scratch.train.steps == 7
+    assert scratch.train.seed == 2 and scratch.data.seed == 2
+    post = bench.row_config("C", steps=7, seed=2, store="/x/store", init="/w/base")
+    assert post.train.init_checkpoint == "/w/base"
+    assert post.loss.clip_similarity_kind == "mean" and post.loss.prompt_ratio is None
+    args = bench.parse_args(["--smoke"])
+    assert args.base_steps == bench.SMOKE_BASE_STEPS
+    assert bench.parse_args([]).base_steps == bench.BASE_STEPS
+    with pytest.raises(SystemExit, match="--base-steps"):
+        bench.parse_args(["--base-steps", "-1"])
+
+
+def test_base_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    bench = _benchmark()
+    store = str(tmp_path / "store")
+    args = bench.parse_args(["--base-steps", "5", "--store", store, "--workdir", str(tmp_path / "w")])
+    trained = []
+
+    def fake_train_and_eval(row, seed, *, steps, store, workdir, max_videos, init=""):
+        trained.append((row, seed, steps, init))
+        os.makedirs(workdir, exist_ok=True)  # as training does
+        return {"row": row, "seed": seed, "steps": steps, "store": bench._rel(store), "max_videos": max_videos}
+
+    monkeypatch.setattr(bench, "train_and_eval", fake_train_and_eval)
+    first = bench.ensure_base(args)
+    # The base is row A's clip-only loss from a random init with seed 0.
+    assert trained == [(bench.BASE_ROW, 0, 5, "")] and bench.BASE_ROW == "A"
+    assert first["row"] == "base" and first["workdir"].endswith("base_store_5steps")
+    assert bench.ensure_base(args) == first and len(trained) == 1  # reused
+    other = bench.parse_args(["--base-steps", "6", "--store", store, "--workdir", str(tmp_path / "w")])
+    bench.ensure_base(other)
+    assert len(trained) == 2  # different steps: a base of its own
+    assert bench.ensure_base(bench.parse_args(["--base-steps", "0"])) is None and len(trained) == 2
+
+
 @pytest.mark.slow
 def test_ablation_smoke_two_rows(tmp_path):
     """Trains rows A and TempCLR for a few steps, evaluates, writes md/json/png."""
@@ -46,12 +84,17 @@ def test_ablation_smoke_two_rows(tmp_path):
         build(store, MNCConfig(max_videos=24), cache_dir=str(tmp_path / "cache"), progress=False)
     out = str(tmp_path / "ablation_smoke")
     result = bench.main([
-        "--smoke", "--rows", "A,TempCLR", "--steps", "4", "--max-videos", "12", "--store", store,
-        "--workdir", str(tmp_path / "work"), "--out", out, "--jax-cache", "",
+        "--smoke", "--rows", "A,TempCLR", "--steps", "4", "--base-steps", "3", "--max-videos", "12",
+        "--store", store, "--workdir", str(tmp_path / "work"), "--out", out, "--jax-cache", "",
     ])
     assert [r["row"] for r in result["runs"]] == ["A", "TempCLR"]
+    base = result["base"]
+    assert base["row"] == "base" and base["steps"] == 3 and base["init"] == "random"
+    base_dir = str(tmp_path / "work" / os.path.basename(base["workdir"]))
+    assert os.path.exists(os.path.join(base_dir, "base_run.json"))
     for run in result["runs"]:
         assert run["steps"] == 4
+        assert run["init"] == base_dir  # post-trained from the base
         for key, value in run["metrics"].items():
             assert value == value, key  # not NaN
         assert 0.0 <= run["metrics"]["clip.R1"] <= 1.0
@@ -62,4 +105,67 @@ def test_ablation_smoke_two_rows(tmp_path):
     assert len(saved["runs"]) == 2 and "cost_model" in saved
     report = open(out + ".md").read()
     assert "--smoke" in report and "| TempCLR |" in report and "Estimated full protocol" in report
+    assert "| base |" in report and "post-trained from it" in report
     assert os.path.getsize(out + ".png") > 1000
+
+
+@pytest.mark.slow
+def test_noise_sweep_smoke(tmp_path, monkeypatch):
+    """The sweep builds its corpora, post-trains from one base and writes md/json/png."""
+    bench = _benchmark()
+    from data_pipeline.youcook2_mnc import MNCConfig, build
+
+    # Three corpora instead of eight keep this within the CI budget.
+    monkeypatch.setattr(bench, "IRRELEVANT_LEVELS", (0.0, 0.5))
+    monkeypatch.setattr(bench, "SHIFT_LEVELS", (8.0,))
+    cache = str(tmp_path / "cache")
+    store = str(tmp_path / "youcook2-mnc-16")
+    build(store, MNCConfig(max_videos=16), cache_dir=cache, progress=False)
+    out = str(tmp_path / "ablation_smoke")
+    bench.main([
+        "--noise-sweep", "--smoke", "--sweep-rows", "J", "--steps", "3", "--base-steps", "2",
+        "--sweep-videos", "16", "--max-videos", "8", "--store", store,
+        "--cache-dir", str(tmp_path / "noise"), "--workdir", str(tmp_path / "work"), "--out", out,
+        "--jax-cache", "",
+    ])
+    with open(out + "_noise.json") as fh:
+        saved = json.load(fh)
+    runs = saved["runs"]
+    assert [(r["axis"], r["level"], r["row"]) for r in runs] == [
+        ("irrelevant_fraction", 0.0, "J"), ("irrelevant_fraction", 0.5, "J"), ("shift_std", 8.0, "J")]
+    base_dir = str(tmp_path / "work" / os.path.basename(saved["base"]["workdir"]))
+    for run in runs:
+        assert run["steps"] == 3 and run["init"] == base_dir
+        nan = sorted(k for k, v in run["metrics"].items() if v != v)
+        # Without irrelevant captions the alignable-vs-irrelevant ROC-AUC is undefined.
+        no_chatter = run["axis"] == "irrelevant_fraction" and run["level"] == 0.0
+        assert nan == (["align.auc"] if no_chatter else []), (run["axis"], run["level"], nan)
+    # Each corpus carries the noise it was built with.
+    for run in runs:
+        with open(os.path.join(run["store"], "youcook2_mnc.json")) as fh:
+            meta = json.load(fh)
+        settings = meta["settings"]
+        assert settings[run["axis"]] == run["level"]
+        if run["axis"] == "shift_std":
+            assert settings["max_shift"] == 3 * run["level"]
+    report = open(out + "_noise.md").read()
+    assert "## vs irrelevant fraction" in report and "| J |" in report and "post-trained from the base" in report
+    assert os.path.getsize(out + "_noise.png") > 1000
+
+
+def test_claim_verdicts_use_two_standard_errors():
+    bench = _benchmark()
+    agg = {  # (mean, std, n) per metric
+        "J": {"m": (0.30, 0.01, 3)}, "G": {"m": (0.20, 0.01, 3)},
+        "H": {"m": (0.29, 0.05, 3)}, "I": {"m": (0.30, 0.01, 3)}, "A": {"m": (0.10, 0.0, 1)},
+    }
+    assert bench._verdict(agg, "J", "G", "m", "t")[2].startswith("holds")
+    assert bench._verdict(agg, "G", "J", "m", "t")[2].startswith("reversed (")
+    assert bench._verdict(agg, "J", "H", "m", "t")[2] == "same sign, within noise"
+    assert bench._verdict(agg, "H", "J", "m", "t")[2] == "reversed sign, within noise"
+    assert bench._verdict(agg, "J", "I", "m", "t")[2] == "tie"
+    assert bench._verdict(agg, "J", "A", "m", "t")[2] == "same sign (one seed: no error bar)"
+    assert bench._verdict(agg, "J", "G", "m", "t")[1] == "`m` 30.0 vs 20.0"
+    # Every claim names rows and metrics the benchmark produces.
+    for better, worse, keys, _ in bench.CLAIMS:
+        assert {better, worse} <= set(bench.ROW_ORDER) and keys
