@@ -169,3 +169,25 @@ def test_claim_verdicts_use_two_standard_errors():
     # Every claim names rows and metrics the benchmark produces.
     for better, worse, keys, _ in bench.CLAIMS:
         assert {better, worse} <= set(bench.ROW_ORDER) and keys
+
+
+def test_compare_runs_against_an_earlier_table(tmp_path):
+    bench = _benchmark()
+
+    def run(row, seed, r1, mr=10.0):
+        return {"row": row, "seed": seed, "metrics": {"clip.R1": r1, "clip.MR": mr, "align.auc": float("nan")}}
+
+    reference = {"runs": [run("A", 0, 0.10), run("A", 1, 0.14), run("A", 2, 0.12), run("J", 0, 0.20)],
+                 "base": run("base", 0, 0.05)}
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(reference))
+    same = bench.compare_runs(str(path), [run("A", 0, 0.10), run("J", 0, 0.20)], run("base", 0, 0.05), "cmd")
+    assert same["summary"] == {"pairs": 3, "identical": 3, "within_reference_std": 3, "max_abs_diff": 0.0}
+    # Row A's std over seeds is 0.02: a 0.01 change is within it, 0.05 is not; J has one seed (std 0).
+    moved = bench.compare_runs(str(path), [run("A", 0, 0.11), run("A", 1, 0.19), run("J", 0, 0.21)], None, "cmd")
+    verdicts = [(p["row"], p["seed"], p["identical"], p["within_reference_std"]) for p in moved["pairs"]]
+    assert verdicts == [("A", 0, False, True), ("A", 1, False, False), ("J", 0, False, False)]
+    assert moved["pairs"][1]["max_abs_diff_metric"] == "clip.R1"
+    assert abs(moved["summary"]["max_abs_diff"] - 0.05) < 1e-12
+    with pytest.raises(SystemExit, match="no run of row B seed 0"):
+        bench.compare_runs(str(path), [run("B", 0, 0.1)], None, "cmd")

@@ -281,6 +281,22 @@ def test_htm_align_windows_by_hand():
     assert [list(w.captions) for w in short] == [[0, 1], [0, 1], [0, 1]]
 
 
+def test_htm_align_dense_windows_score_every_caption():
+    starts, ends = [0, 10, 30, 50, 60, 80, 100], [4, 14, 34, 54, 64, 84, 110]
+    # Without any non-alignable caption the reference protocol has no window at all ...
+    assert M.htm_align_windows(120, starts, ends, [1] * 7) == []
+    # ... the dense one keeps every window of the reference grid with every caption.
+    dense = M.htm_align_windows(120, starts, ends, [1] * 7, active="dense")
+    assert [w.start for w in dense] == list(range(0, 104, 8)) and dense[-1].stop == 120
+    assert all(list(w.captions) == list(range(7)) for w in dense)
+    assert [w.start for w in M.htm_align_windows(120, starts, ends, [1, 0, 1, 0, 1, 0, 1], active="dense")] == \
+        [w.start for w in dense]  # independent of the flags
+    video = M.htm_align_video(40, [0, 30, 36], [2, 32, 38], [1, 1, 1], lambda a, b, c: np.ones((len(c), 32)))
+    assert np.all(video == -6e4)  # reference: nothing covered
+    with pytest.raises(ValueError, match="active"):
+        M.htm_align_windows(120, starts, ends, [1] * 7, active="all")
+
+
 def test_htm_align_stitch_averages_overlaps_and_marks_uncovered():
     wins = [M.AlignWindow(0, 0, 4, np.array([0, 1])), M.AlignWindow(1, 2, 5, np.array([1]))]
     sims = [np.array([[1.0, 2, 3, 4, 9, 9], [1, 1, 1, 1, 9, 9]]), np.array([[3.0, 5, 7, 9]])]

@@ -331,8 +331,16 @@ def htm_align_windows(
     *,
     seq_len: int = 32,
     edge_windows: int = 4,
+    active: str = "reference",
 ) -> list[AlignWindow]:
     """The windows of ``eval_zeroshot_align.py`` (spec §5.8) and their active captions.
+
+    ``active="reference"`` (default) chooses the captions as below; ``active="dense"``
+    keeps every window with every caption active, so each caption is scored on every
+    second.  The reference's choice depends on where the *non*-alignable captions are: a
+    video without any gets no window at all (every cell uncovered, recall 0), and alignable
+    captions far from non-alignable ones are never scored, so its recall also measures how
+    densely a corpus interleaves unalignable lines (see ``docs/evaluation.md``).
 
     Window starts ``arange(0, T - seq_len // 2, seq_len // 4)`` (0, 8, 16, ... for 32 s);
     window = frames ``[start, min(T, start + seq_len))``.  Active captions, chosen without
@@ -347,9 +355,14 @@ def htm_align_windows(
     aligned_a = np.asarray(aligned).astype(bool)
     if not (starts_a.shape == ends_a.shape == aligned_a.shape) or starts_a.ndim != 1:
         raise ValueError("starts, ends and aligned must be 1-D and of equal length")
+    if active not in ("reference", "dense"):
+        raise ValueError(f"active must be 'reference' or 'dense', got {active!r}")
     mid = (starts_a + ends_a) / 2
     candidates = np.flatnonzero(~aligned_a)
     steps = np.arange(0, num_frames - seq_len // 2, seq_len // 4)
+    if active == "dense":
+        every = np.arange(len(starts_a))
+        return [AlignWindow(idx, int(st), min(num_frames, int(st) + seq_len), every) for idx, st in enumerate(steps)]
     windows = []
     for idx, st in enumerate(steps):
         st = int(st)

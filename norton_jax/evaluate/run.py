@@ -665,12 +665,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def htm_align_similarity(encoder: Encoder, feat: np.ndarray, texts: Sequence[str], starts, ends, aligned,
-                         *, seq_len: int = 32) -> np.ndarray:
+                         *, seq_len: int = 32, active: str = "reference") -> np.ndarray:
     """``S [captions, T]`` of one video by the HTM-Align protocol (spec §5.8): cosine of the
     frame outputs (all 32 slots, ``DSAligner``, [CLS] attended) with the captions' pooled text,
-    averaged over the 32 s / 8 s windows of the active captions."""
+    averaged over the 32 s / 8 s windows of the active captions (``active``: see
+    :func:`~norton_jax.evaluate.metrics.htm_align_windows`)."""
     t = int(feat.shape[0])
-    windows = M.htm_align_windows(t, starts, ends, aligned, seq_len=seq_len)
+    windows = M.htm_align_windows(t, starts, ends, aligned, seq_len=seq_len, active=active)
     if not windows:
         return np.full((len(texts), t), M.UNCOVERED)
     text = _unit(encoder.texts(texts))  # [C, D]
@@ -683,14 +684,24 @@ def htm_align_similarity(encoder: Encoder, feat: np.ndarray, texts: Sequence[str
 
 def eval_htm_align(encoder: Encoder, align_set: AlignSet) -> dict[str, Any]:
     """Spec §5.8: recall of ``argmax_t S[c, t]`` inside the annotated segment, ROC-AUC of the
-    alignable flags; on youcook2-mnc also the recall of the original (noisy) timestamps."""
+    alignable flags; on youcook2-mnc also the recall of the original (noisy) timestamps.
+
+    ``recall``/``auc`` follow the reference's window choice; ``dense_recall``/``dense_auc``
+    score every caption on every second (``active="dense"``), which does not depend on
+    where the unalignable captions are.
+    """
     _check_nonempty(len(align_set.videos), "HTM-Align videos", align_set.missing)
-    sims = []
-    for v in align_set.videos:
-        feat = align_set.load(v.video_id)
-        sims.append(htm_align_similarity(encoder, feat, v.texts, v.starts, v.ends, v.aligned))
-    metrics = M.htm_align_metrics(sims, [v.starts for v in align_set.videos], [v.ends for v in align_set.videos],
-                                  [v.aligned for v in align_set.videos])
+    starts = [v.starts for v in align_set.videos]
+    ends = [v.ends for v in align_set.videos]
+    flags = [v.aligned for v in align_set.videos]
+    metrics: dict[str, Any] = {}
+    for active, prefix in (("reference", ""), ("dense", "dense_")):
+        sims = [htm_align_similarity(encoder, align_set.load(v.video_id), v.texts, v.starts, v.ends, v.aligned,
+                                     active=active) for v in align_set.videos]
+        found = M.htm_align_metrics(sims, starts, ends, flags)
+        if prefix:
+            found = {f"{prefix}{k}": found[k] for k in ("recall", "auc")}
+        metrics.update(found)
     return {"metrics": metrics, "counts": {"videos": len(align_set.videos), "captions": metrics["num_captions"]}}
 
 
