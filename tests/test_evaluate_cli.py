@@ -160,6 +160,8 @@ def test_store_tasks(task, workdir, store, tmp_path, capsys):
     else:
         assert res["counts"]["captions"] == 16 and m["num_alignable"] == 12
         assert 0 <= m["recall"] <= 1 and 0 <= m["auc"] <= 1
+        assert 0 <= m["dense_recall"] <= 1 and 0 <= m["dense_auc"] <= 1
+        assert "dense windows (every caption on every second)" in stdout
         # noisy times are +2 s of the truth: every midpoint is inside its true segment
         assert m["timestamp_recall"] == 1.0
         assert "original (noisy) timestamps" in stdout

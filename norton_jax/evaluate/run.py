@@ -890,6 +890,9 @@ def format_table(result: Mapping[str, Any]) -> str:
     else:
         lines.append(f"  recall {_pct(m['recall'])}  ROC-AUC {_pct(m['auc'])}  "
                      f"({m['num_alignable']} alignable of {m['num_captions']} captions)")
+        if "dense_recall" in m:
+            lines.append(f"  dense windows (every caption on every second): recall {_pct(m['dense_recall'])}  "
+                         f"ROC-AUC {_pct(m['dense_auc'])}")
         if "timestamp_recall" in m:
             lines.append(f"  original (noisy) timestamps: recall {_pct(m['timestamp_recall'])}")
     return "\n".join(lines)
