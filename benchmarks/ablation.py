@@ -229,7 +229,8 @@ def ensure_base(args) -> dict[str, Any] | None:
 
     The base is row ``BASE_ROW``'s loss trained ``args.base_steps`` steps from a random init
     with seed 0 on ``args.store``.  A finished base with the same settings (its
-    ``base_run.json``) is reused, so the table and the noise sweep share one base.
+    ``base_run.json``) is reused, so the table and the noise sweep share one base (delete
+    its folder to retrain it after changing the training code).
     Returns None when ``--base-steps 0`` (every row then starts from a random init).
     """
     if args.base_steps == 0:
