@@ -691,14 +691,19 @@ def eval_htm_align(encoder: Encoder, align_set: AlignSet) -> dict[str, Any]:
     where the unalignable captions are.
     """
     _check_nonempty(len(align_set.videos), "HTM-Align videos", align_set.missing)
+    modes = (("reference", ""), ("dense", "dense_"))
+    sims: dict[str, list[np.ndarray]] = {active: [] for active, _ in modes}
+    for v in align_set.videos:
+        feat = align_set.load(v.video_id)  # read once, scored by both window choices
+        for active, _ in modes:
+            sims[active].append(htm_align_similarity(encoder, feat, v.texts, v.starts, v.ends, v.aligned,
+                                                     active=active))
     starts = [v.starts for v in align_set.videos]
     ends = [v.ends for v in align_set.videos]
     flags = [v.aligned for v in align_set.videos]
     metrics: dict[str, Any] = {}
-    for active, prefix in (("reference", ""), ("dense", "dense_")):
-        sims = [htm_align_similarity(encoder, align_set.load(v.video_id), v.texts, v.starts, v.ends, v.aligned,
-                                     active=active) for v in align_set.videos]
-        found = M.htm_align_metrics(sims, starts, ends, flags)
+    for active, prefix in modes:
+        found = M.htm_align_metrics(sims[active], starts, ends, flags)
         if prefix:
             found = {f"{prefix}{k}": found[k] for k in ("recall", "auc")}
         metrics.update(found)
