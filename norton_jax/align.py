@@ -44,8 +44,13 @@ Command line (one video)::
     python -m norton_jax.align --checkpoint WORKDIR --features video.npy \\
         --captions captions.csv --out aligned.json --plot aligned.png
 
-``captions.csv`` has the header ``start,end,text`` (HowTo100M caption CSV); a JSON file is
-either a list of ``{"start", "end", "text"}`` or ``{"start": [...], "end": [...], "text": [...]}``.
+``captions.csv`` has the header ``start,end,text`` (HowTo100M caption CSV, UTF-8 with or
+without a byte-order mark); a JSON file is either a list of ``{"start", "end", "text"}`` or
+``{"start": [...], "end": [...], "text": [...]}``.  Times must be finite, non-negative and
+lie on the features: a caption that starts at or after the last feature second (or ends
+more than 2 s after it) stops the run with an error naming its line, unless
+``--clamp-to-video`` cuts it to the video (the count is printed).  Features holding NaN or
+inf are refused.
 
 Corpus (a feature store, e.g. to filter noisy pairs before training)::
 
@@ -107,25 +112,73 @@ class AlignConfig:
 
 @dataclass
 class Captions:
-    """Narration of one video: ``texts[i]`` spoken over ``[starts[i], ends[i]]`` seconds."""
+    """Narration of one video: ``texts[i]`` spoken over ``[starts[i], ends[i]]`` seconds.
+
+    ``where[i]`` (optional) says where caption ``i`` came from, e.g. ``"line 3"`` of a CSV
+    file; errors use it instead of the caption's index.
+    """
 
     texts: list[str]
     starts: np.ndarray  # [M] float
     ends: np.ndarray  # [M] float
+    where: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.starts = np.asarray(self.starts, np.float64).reshape(-1)
         self.ends = np.asarray(self.ends, np.float64).reshape(-1)
         if not (len(self.texts) == len(self.starts) == len(self.ends)):
             raise ValueError(f"{len(self.texts)} texts, {len(self.starts)} starts, {len(self.ends)} ends")
+        if self.where is not None and len(self.where) != len(self.texts):
+            raise ValueError(f"{len(self.where)} caption places for {len(self.texts)} captions")
         if len(self.texts) == 0:
             raise ValueError("no captions")
-        if not (np.all(np.isfinite(self.starts)) and np.all(np.isfinite(self.ends))):
-            raise ValueError("caption times must be finite")
+        for name, values in (("start", self.starts), ("end", self.ends)):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                i = int(bad[0])
+                raise ValueError(f"{self.label(i)}: {name} must be a finite number, got {values[i]}")
+        bad = np.flatnonzero(self.starts < 0)
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{self.label(i)}: start {self.starts[i]} is negative (times are seconds from 0)")
         bad = np.flatnonzero(self.ends < self.starts)
         if len(bad):
             i = int(bad[0])
-            raise ValueError(f"caption {i}: end {self.ends[i]} < start {self.starts[i]}")
+            raise ValueError(f"{self.label(i)}: end {self.ends[i]} < start {self.starts[i]}")
+
+    def label(self, i: int) -> str:
+        """Where caption ``i`` came from (``"line 3"``), or ``"caption i"``."""
+        return self.where[i] if self.where is not None else f"caption {i}"
+
+
+# ASR times may run a little past the last feature second (the feature store allows the same)
+END_TOLERANCE = 2.0
+
+
+def fit_captions_to_video(captions: Captions, num_frames: int, *, clamp: bool = False,
+                          source: PathLike | None = None) -> tuple[Captions, int]:
+    """Checks that every caption lies on the video's ``num_frames`` seconds of features.
+
+    A caption runs past the features when it starts at or after ``num_frames`` or ends more
+    than :data:`END_TOLERANCE` seconds after it.  Without ``clamp`` that is an error naming
+    ``source`` and the caption's line; with ``clamp`` the times of those captions are cut
+    to the video (``[0, num_frames]``), the others are left as they are.  Returns the (possibly clamped) captions and how many were cut.
+    """
+    t = float(num_frames)
+    late = (captions.starts >= t) | (captions.ends > t + END_TOLERANCE)
+    if not late.any():
+        return captions, 0
+    if not clamp:
+        i = int(np.argmax(late))
+        prefix = f"{os.fspath(source)}: " if source is not None else ""
+        raise ValueError(
+            f"{prefix}{captions.label(i)}: caption [{captions.starts[i]:g}, {captions.ends[i]:g}] s runs past the "
+            f"video's {num_frames} s of features ({int(late.sum())} of {len(late)} captions do); check that the "
+            "captions belong to these features, or pass --clamp-to-video to cut them to the video"
+        )
+    starts = np.where(late, np.minimum(captions.starts, t), captions.starts)
+    ends = np.where(late, np.minimum(captions.ends, t), captions.ends)
+    return Captions(list(captions.texts), starts, ends, captions.where), int(late.sum())
 
 
 @dataclass
@@ -355,7 +408,7 @@ def align_store(
     """
     from data_pipeline.feature_store import FeatureStore, FeatureStoreWriter, VideoRecord  # noqa: PLC0415
     from norton_jax.evaluate.metrics import roc_auc  # noqa: PLC0415
-    from norton_jax.evaluate.run import Encoder, write_json  # noqa: PLC0415
+    from norton_jax.evaluate.run import Encoder, checked_store_record  # noqa: PLC0415
 
     t0 = time.perf_counter()
     encoder = model_or_encoder if hasattr(model_or_encoder, "segments") else Encoder(model_or_encoder, batch_size)
@@ -365,12 +418,17 @@ def align_store(
     if filtered_store is not None:
         writer = FeatureStoreWriter(os.fspath(filtered_store), split, source=f"norton_jax.align of {store_dir}",
                                     metadata={"align_settings": asdict(config), "retime": retime})
-    jsonl = open(out_jsonl, "w") if out_jsonl is not None else None
+    jsonl = tmp_jsonl = None
+    if out_jsonl is not None:  # written to a temporary file, renamed once every video is done
+        Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        tmp_jsonl = Path(out_jsonl).with_name(Path(out_jsonl).name + ".tmp")
+        jsonl = open(tmp_jsonl, "w", encoding="utf-8")
     total = rejected = kept_videos = 0
+    done = False
     gt = {"plan": [], "sim": [], "ts": [], "gs": [], "ge": [], "flags": [], "score": []}
     try:
         for i in range(n):
-            rec = store[i]
+            rec = checked_store_record(store, i)  # NaN/inf features: an error naming shard and video
             caps = Captions(list(rec.texts) if rec.texts is not None else [""] * rec.num_captions,
                             rec.starts, rec.ends)
             res = align_video(encoder, np.asarray(rec.features, np.float32), caps, config, video_id=rec.video_id)
@@ -405,10 +463,15 @@ def align_store(
                 )
                 writer.add(new)
                 kept_videos += 1
+        done = True
     finally:
         store.close()
         if jsonl is not None:
             jsonl.close()
+            if done:
+                os.replace(tmp_jsonl, out_jsonl)
+            else:
+                tmp_jsonl.unlink(missing_ok=True)
         if writer is not None:
             writer.close()
     summary = StoreAlignment(videos=n, captions=total, rejected=rejected, seconds=round(time.perf_counter() - t0, 2))
@@ -434,7 +497,8 @@ def align_store(
 
 def read_captions(path: PathLike) -> Captions:
     """Captions from ``start,end,text`` CSV or JSON (a list of ``{start, end, text}`` or a
-    dict of three lists).  Errors name the file and the row/field."""
+    dict of three lists).  Errors name the file and the CSV line (the header is line 1) or
+    the JSON caption index.  A UTF-8 byte-order mark is accepted."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"captions file not found: {path}")
@@ -448,10 +512,10 @@ def read_captions(path: PathLike) -> Captions:
             raise ValueError(f"{path}: {where}: expected a finite number, got {v!r}")
         return x
 
-    texts, starts, ends = [], [], []
+    texts, starts, ends, where = [], [], [], []
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
         if isinstance(data, dict):
@@ -471,22 +535,32 @@ def read_captions(path: PathLike) -> Captions:
             starts.append(num(row["start"], f"caption {i} start"))
             ends.append(num(row["end"], f"caption {i} end"))
             texts.append(str(row["text"]))
+            where.append(f"caption {i}")
     else:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            missing = [k for k in ("start", "end", "text") if k not in header]
-            if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
-            for line, row in enumerate(reader, start=2):
-                starts.append(num(row["start"], f"line {line} start"))
-                ends.append(num(row["end"], f"line {line} end"))
-                texts.append(row["text"] or "")
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                reader = csv.DictReader(f)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                reader.fieldnames = header
+                missing = [k for k in ("start", "end", "text") if k not in header]
+                if missing:
+                    raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
+                for row in reader:
+                    line = reader.line_num  # physical line of the row's end (quoted newlines count)
+                    if None in row or any(row.get(k) is None for k in ("start", "end", "text")):
+                        raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got a malformed row")
+                    starts.append(num(row["start"], f"line {line} start"))
+                    ends.append(num(row["end"], f"line {line} end"))
+                    texts.append(row["text"] or "")
+                    where.append(f"line {line}")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not a readable CSV file ({err})") from None
     if not texts:
         raise ValueError(f"{path}: no captions")
     try:
-        return Captions(texts, np.asarray(starts), np.asarray(ends))
+        return Captions(texts, np.asarray(starts), np.asarray(ends), where)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
@@ -540,10 +614,16 @@ def plot_alignment(result: VideoAlignment, out: PathLike, *, max_label: int = 40
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from norton_jax import cli  # noqa: PLC0415
+
     d = AlignConfig()
     parser = argparse.ArgumentParser(
         prog="python -m norton_jax.align",
         description="Re-align a noisy transcript to its video with Norton's transport plan (prompt bucket).",
+        epilog="Captions must lie on the features: one that starts at or after the last feature second, or "
+               f"ends more than {END_TOLERANCE:g} s after it, is an error naming its CSV line unless "
+               "--clamp-to-video is given.  Features with NaN/inf values are refused.  A mistake in the "
+               "arguments or files prints one 'error:' line and exits with status 2 (--debug: traceback).",
     )
     parser.add_argument("--checkpoint", required=True,
                         help="training workdir, checkpoints/ folder, <step>/ folder or .pt/.safetensors")
@@ -551,13 +631,17 @@ def build_parser() -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="one video's features .npy [T, 512] (one row per second)")
     src.add_argument("--store", help="a feature store: align every video of --split")
-    parser.add_argument("--captions", help="start,end,text CSV or JSON (with --features)")
+    parser.add_argument("--captions", help="start,end,text CSV (UTF-8, header line 1) or JSON (with --features)")
+    parser.add_argument("--clamp-to-video", action="store_true",
+                        help="with --features: cut captions that run past the features to the video "
+                             "(and say how many) instead of stopping with an error")
     parser.add_argument("--split", default="train", help="store split (with --store; default train)")
     parser.add_argument("--max-videos", type=int, default=None, help="with --store: only the first N videos")
     parser.add_argument("--filtered-store", default=None,
                         help="with --store: write a store without the rejected captions, re-timed")
     parser.add_argument("--keep-times", action="store_true", help="with --filtered-store: keep the original times")
-    parser.add_argument("--out", required=True, help="aligned.json (one video) or .jsonl (store)")
+    parser.add_argument("--out", required=True,
+                        help="aligned.json (one video) or .jsonl (store); checked writable before the work")
     parser.add_argument("--plot", default=None, help="PNG of the plan over time (one video)")
     parser.add_argument("--video-id", default=None, help="name used in the outputs (default: the file stem)")
     parser.add_argument("--epsilon", type=float, default=d.epsilon)
@@ -569,54 +653,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-iters", type=int, default=d.num_iters)
     parser.add_argument("--reject-threshold", type=float, default=d.reject_threshold)
     parser.add_argument("--batch-size", type=int, default=64)
+    cli.add_debug_flag(parser)
     return parser
 
 
+def read_features(path: PathLike, feature_dim: int | None = None) -> np.ndarray:
+    """One video's features ``[T, D]`` from a ``.npy`` file; errors name the file (missing,
+    unreadable, wrong shape, NaN/inf values with the first bad frame)."""
+    from norton_jax.evaluate.loaders import check_finite_features  # noqa: PLC0415
+
+    try:
+        features = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"features file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+    want = f"[T, {feature_dim}]" if feature_dim else "[T, D]"
+    if (features.ndim != 2 or features.shape[0] == 0 or (feature_dim and features.shape[1] != feature_dim)
+            or not np.issubdtype(features.dtype, np.number)):
+        raise ValueError(f"{path}: expected {want} numeric features, got {features.dtype} {features.shape}")
+    check_finite_features(features, path, Path(path).stem)
+    return features
+
+
 def main(argv: list[str] | None = None) -> int:
+    from norton_jax import cli  # noqa: PLC0415
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from norton_jax.evaluate.run import Encoder, load_model, write_json  # noqa: PLC0415
+    from norton_jax.evaluate.run import Encoder, check_writable, load_model, write_json  # noqa: PLC0415
 
-    try:
-        config = AlignConfig(
-            window=args.window, stride=args.stride, epsilon=args.epsilon, prompt_ratio=args.prompt_ratio,
-            prior_sigma=args.prior_sigma if args.prior_sigma and args.prior_sigma > 0 else None,
-            num_iters=args.num_iters, reject_threshold=args.reject_threshold,
-        )
-        if args.features is not None and not args.captions:
-            raise ValueError("--features needs --captions")
-        model, info = load_model(args.checkpoint, args.config)
-        encoder = Encoder(model, args.batch_size)
-        if args.store is not None:
-            summary = align_store(encoder, args.store, args.split, config, out_jsonl=args.out,
-                                  filtered_store=args.filtered_store, retime=not args.keep_times,
-                                  max_videos=args.max_videos)
-            for key, value in asdict(summary).items():
-                if value is not None:
-                    print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-            print(f"wrote {args.out}")
-            return 0
-        try:
-            features = np.load(args.features, allow_pickle=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"features file not found: {args.features}") from None
-        if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != model.config.video_input_dim:
-            raise ValueError(f"{args.features}: expected [T, {model.config.video_input_dim}] features, "
-                             f"got {features.shape}")
+    config = AlignConfig(
+        window=args.window, stride=args.stride, epsilon=args.epsilon, prompt_ratio=args.prompt_ratio,
+        prior_sigma=args.prior_sigma if args.prior_sigma and args.prior_sigma > 0 else None,
+        num_iters=args.num_iters, reject_threshold=args.reject_threshold,
+    )
+    if args.features is not None and not args.captions:
+        raise cli.UserError("--features needs --captions")
+    # outputs first: an unwritable path fails now, not after the alignment
+    check_writable(args.out, "--out")
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    if args.filtered_store:
+        check_writable(Path(args.filtered_store) / f"{args.split}.index.json", "--filtered-store")
+    captions = features = None
+    if args.features is not None:  # inputs next, so that their mistakes show before the model loads
         captions = read_captions(args.captions)
-        t = features.shape[0]
-        late = np.flatnonzero(captions.starts >= t)
-        if len(late):
-            log.warning("%s: %d captions start after the video's %d s (e.g. caption %d)",
-                        args.captions, len(late), t, int(late[0]))
-        vid = args.video_id or Path(args.features).stem
-        result = align_video(encoder, features, captions, config, video_id=vid)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        features = read_features(args.features)
+        captions, clamped = fit_captions_to_video(captions, int(features.shape[0]), clamp=args.clamp_to_video,
+                                                  source=args.captions)
+    model, info = load_model(args.checkpoint, args.config)
+    encoder = Encoder(model, args.batch_size)
+    if args.store is not None:
+        summary = align_store(encoder, args.store, args.split, config, out_jsonl=args.out,
+                              filtered_store=args.filtered_store, retime=not args.keep_times,
+                              max_videos=args.max_videos)
+        for key, value in asdict(summary).items():
+            if value is not None:
+                print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"wrote {args.out}")
+        return 0
+    t, dim = features.shape
+    if dim != model.config.video_input_dim:
+        raise ValueError(f"{args.features}: expected [T, {model.config.video_input_dim}] features for this "
+                         f"model, got {features.shape}")
+    if clamped:
+        print(f"{args.captions}: clamped {clamped} of {len(captions.texts)} captions to the video's {t} s")
+    vid = args.video_id or Path(args.features).stem
+    result = align_video(encoder, features, captions, config, video_id=vid)
     payload = result.to_json()
-    payload.update({"checkpoint": info["checkpoint"], "step": info["step"]})
+    payload.update({"checkpoint": info["checkpoint"], "step": info["step"], "clamped_captions": clamped})
     write_json(payload, args.out)
     print(f"{vid}: {len(captions.texts)} captions, {payload['num_rejected']} rejected by the bucket "
           f"(p = {result.bucket_value:.3f}); wrote {args.out}")
@@ -631,4 +738,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from norton_jax import cli
+
+    sys.exit(cli.run(main, prog="python -m norton_jax.align"))

@@ -31,6 +31,8 @@ The model geometry is stored as JSON in the safetensors metadata
 Command line::
 
     python -m norton_jax.export_torch --checkpoint CKPT_DIR --out model.safetensors [--step N]
+
+It prints the step it exported (the latest unless ``--step`` is given) and the folder.
 """
 
 from __future__ import annotations
@@ -88,7 +90,13 @@ def save_safetensors(
         metadata[METADATA_CONFIG_KEY] = json.dumps(ModelConfig.from_any(model_config).to_dict(), sort_keys=True)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path, metadata=metadata)
+    tmp = f"{path}.tmp"  # a crash mid-write leaves no truncated file under the final name
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def export_checkpoint(
@@ -104,6 +112,19 @@ def export_checkpoint(
     Only the `params` item is read, onto the first local device. `config` is needed only
     when the checkpoint does not store its model config.
     """
+    return _export(checkpoint_dir, out, step=step, config=config,
+                   include_position_ids=include_position_ids)[0]
+
+
+def _export(
+    checkpoint_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    step: int | None,
+    config: ModelConfig | Any | None,
+    include_position_ids: bool,
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """:func:`export_checkpoint` that also returns the step it read and the orbax folder."""
     from norton_jax.checkpoint import Checkpointer, checkpoint_root  # noqa: PLC0415
 
     checkpoint_dir = checkpoint_root(checkpoint_dir)  # a training workdir -> its checkpoints/
@@ -115,7 +136,8 @@ def export_checkpoint(
     if config is None:
         if stored is None:
             raise ValueError(
-                f"{checkpoint_dir}: the checkpoint stores no model config; pass config= (CLI: --config)"
+                f"{checkpoint_dir}: the checkpoint stores no model config; give the config file with "
+                "--config CONFIG (from Python: config=)"
             )
         config = stored
     config = ModelConfig.from_any(config)
@@ -126,7 +148,7 @@ def export_checkpoint(
     )
     _check_against_config(state, config, os.fspath(checkpoint_dir))
     save_safetensors(state, out, config)
-    return state
+    return state, int(restored.step), os.fspath(checkpoint_dir)
 
 
 def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, source: str) -> None:
@@ -146,27 +168,41 @@ def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, sou
             raise ValueError(f"{source}: parameter {key!r} has shape {got[key]}, config expects {shape}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from norton_jax import cli  # noqa: PLC0415
+    from norton_jax.evaluate.run import check_writable  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="python -m norton_jax.export_torch",
         description="Export a norton-jax orbax checkpoint to a PyTorch .safetensors state dict.",
+        epilog="Prints the step and the checkpoint folder it exported.  A mistake (missing or damaged "
+               "checkpoint, unknown --step, unwritable --out) prints one 'error:' line and exits with status 2.",
     )
-    parser.add_argument("--checkpoint", required=True, help="orbax checkpoint directory (norton_jax.checkpoint)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training workdir or its orbax checkpoints/ folder (norton_jax.checkpoint)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
     parser.add_argument("--config", default=None, help="config file, only if the checkpoint has no model config")
     parser.add_argument("--include-position-ids", action="store_true", help="also write the position_ids buffers")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if not args.out.endswith(".safetensors"):
         parser.error(f"--out must end with .safetensors, got {args.out}")
+    check_writable(args.out, "--out")
     config = load_config_file(args.config).model if args.config else None
-    state = export_checkpoint(
+    state, step, root = _export(
         args.checkpoint, args.out, step=args.step, config=config,
         include_position_ids=args.include_position_ids,
     )
     n = sum(int(v.size) for k, v in state.items() if not k.endswith("position_ids"))
+    print(f"exported step {step} of {root}")
     print(f"wrote {args.out}: {len(state)} tensors, {n:,} parameters")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from norton_jax import cli
+
+    sys.exit(cli.run(main, prog="python -m norton_jax.export_torch"))

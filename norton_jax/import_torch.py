@@ -8,8 +8,9 @@ Accepted files:
   state, `args` / `cfg`) are tolerated. A bare state dict works too. Reading `.pt` needs
   torch; it is loaded with `weights_only=True` (`argparse.Namespace`, which fairseq stores
   under `args`, is allowlisted). A checkpoint holding other pickled objects (e.g. an
-  omegaconf `cfg`) is refused unless `trust_pickle=True`, because full unpickling can run
-  arbitrary code: only use it on files you trust.
+  omegaconf `cfg`) is refused unless `trust_pickle=True` (CLI of this module:
+  `--trust-pickle`; other commands read such a file once it is converted here), because
+  full unpickling can run arbitrary code: only use it on files you trust.
 * `.safetensors` files (e.g. written by `norton_jax.export_torch`): read with
   `safetensors.numpy`, no torch needed.
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointKeyError",
+    "UntrustedPickleError",
     "read_state_dict",
     "load_state_dict_into_model",
     "load_pretrained",
@@ -75,12 +77,26 @@ def _load_pt(path: str, trust_pickle: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle.UnpicklingError with the offending global
         if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(
-                f"{path}: torch.load(weights_only=True) refused a pickled object in the "
-                f"checkpoint ({str(err).splitlines()[0]}). If you trust this file, pass "
-                "trust_pickle=True (CLI: --trust-pickle)."
-            ) from err
+            raise UntrustedPickleError(path, str(err).splitlines()[0]) from err
         raise
+
+
+class UntrustedPickleError(ValueError):
+    """A ``.pt`` file holds pickled objects that safe (``weights_only``) loading refuses.
+
+    The message tells how to go on with a trusted file from any command: convert it once
+    with ``python -m norton_jax.import_torch ... --trust-pickle`` (the only command with
+    that flag) and use the converted checkpoint; from Python, ``trust_pickle=True``.
+    """
+
+    def __init__(self, path: str, detail: str):
+        self.path, self.detail = path, detail
+        super().__init__(
+            f"{path}: safe loading (torch.load weights_only=True) refused a pickled object in the "
+            f"checkpoint ({detail}). Loading it fully could run code stored in the file. If you trust "
+            f"it, convert it once with `python -m norton_jax.import_torch --checkpoint {path} "
+            "--config CONFIG --out DIR --trust-pickle` and use DIR instead (from Python: trust_pickle=True)."
+        )
 
 
 def read_state_dict(
@@ -218,7 +234,10 @@ def build_pretrained(
             if METADATA_CONFIG_KEY in metadata:
                 config = json.loads(metadata[METADATA_CONFIG_KEY])
         if config is None:
-            raise ValueError(f"{path}: no model config given and none stored with the checkpoint; pass config=")
+            raise ValueError(
+                f"{path}: no model config given and none stored with the checkpoint; give the config file "
+                "with --config CONFIG (from Python: config=)"
+            )
     model = DualEncoder(ModelConfig.from_any(config), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     load_pretrained(model, path, trust_pickle=trust_pickle)
     return model
@@ -247,22 +266,38 @@ def import_to_checkpoint(
     return unused
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from norton_jax import cli  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(
         prog="python -m norton_jax.import_torch",
         description="Convert a VideoCLIP / Norton PyTorch checkpoint into an orbax checkpoint.",
+        epilog="A mistake (missing or unreadable file, wrong geometry, refused pickle) prints one "
+               "'error:' line and exits with status 2 (--debug: traceback).",
     )
     parser.add_argument("--checkpoint", required=True, help=".pt (fairseq) or .safetensors file")
     parser.add_argument("--config", required=True, help="config file with get_config().model, e.g. configs/pretrain.py")
     parser.add_argument("--out", required=True, help="orbax checkpoint directory to create")
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling (trusted files only)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     from norton_jax.models.config import load_config_file  # noqa: PLC0415
 
     config = load_config_file(args.config).model
-    unused = import_to_checkpoint(args.checkpoint, config, args.out, trust_pickle=args.trust_pickle)
+    try:
+        unused = import_to_checkpoint(args.checkpoint, config, args.out, trust_pickle=args.trust_pickle)
+    except UntrustedPickleError as err:
+        raise cli.UserError(
+            f"{err.path}: safe loading refused a pickled object in the checkpoint ({err.detail}); "
+            "loading it fully could run code stored in the file: if you trust it, rerun with --trust-pickle"
+        ) from err
     print(f"wrote {args.out} (step 0, params); ignored {len(unused)} checkpoint keys: {unused}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from norton_jax import cli
+
+    sys.exit(cli.run(main, prog="python -m norton_jax.import_torch"))

@@ -112,9 +112,11 @@ def test_cli_writes_json_and_png(checkpoint, tmp_path, capsys):
         assert 0 <= c["aligned"][0] <= c["aligned"][1] <= 75
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "wrote" in capsys.readouterr().out
-    assert A.main(["--checkpoint", str(checkpoint), "--features", str(tmp_path / "video.npy"),
-                   "--out", str(out)]) == 1
-    assert "--features needs --captions" in capsys.readouterr().err
+    from norton_jax import cli
+
+    assert cli.run(A.main, ["--checkpoint", str(checkpoint), "--features", str(tmp_path / "video.npy"),
+                            "--out", str(out)]) == 2
+    assert "error: --features needs --captions" in capsys.readouterr().err
 
 
 def test_align_store_filters_and_retimes(checkpoint, tmp_path):

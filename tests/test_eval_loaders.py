@@ -96,8 +96,8 @@ def test_youcook_broken_files_name_file_and_field(tmp_path):
     pkl.write_bytes(pickle.dumps([{"id": "xHr8X2Wpmno_99"}]))
     with pytest.raises(L.EvalDataError, match="has no entry 99"):
         L.load_youcook(YC_JSON, pkl)
-    pkl.write_bytes(pickle.dumps(np.zeros(2)))  # needs a class: refused, no code runs
-    with pytest.raises(L.EvalDataError, match="bad.pkl"):
+    pkl.write_bytes(pickle.dumps(np.zeros(2)))  # plain data, but not a list of records
+    with pytest.raises(L.EvalDataError, match="bad.pkl: expected a list of records"):
         L.load_youcook(YC_JSON, pkl)
     with pytest.raises(ValueError, match="annotations JSON"):
         L.load_youcook(clips=tmp_path / "x.pkl")
@@ -234,3 +234,46 @@ def test_feature_dir_errors(tmp_path):
         fd.load("junk")
     with pytest.raises(L.EvalDataError, match="feature file not found"):
         fd.load("absent")
+
+
+class _RunsCode:
+    """Unpickling this would call ``os.makedirs``: the loader must refuse it."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.makedirs, (self.target,)
+
+
+def test_youcook_pkl_with_code_is_refused_without_running_it(tmp_path):
+    target = tmp_path / "created_by_pickle"
+    pkl = tmp_path / "youcook_val.pkl"
+    pkl.write_bytes(pickle.dumps([{"id": "xHr8X2Wpmno_0", "caption": _RunsCode(str(target))}]))
+    with pytest.raises(L.EvalDataError, match=r"youcook_val.pkl: not a readable pickle .*refusing to load the global"):
+        L.load_youcook(YC_JSON, pkl)
+    assert not target.exists()
+
+
+def test_feature_dir_refuses_non_finite_features(tmp_path):
+    root = tmp_path / "f"
+    root.mkdir()
+    good = np.ones((6, 4), np.float32)
+    np.save(root / "ok.npy", good)
+    bad = good.copy()
+    bad[3, 1] = np.nan
+    bad[5, 0] = np.inf
+    np.save(root / "nan.npy", bad)
+    fd = L.FeatureDir(root)
+    assert fd.load("ok").shape == (6, 4)
+    with pytest.raises(L.EvalDataError,
+                       match=r"nan.npy: video 'nan': features contain 2 non-finite values .*first at frame 3 \(dim 1"):
+        fd.load("nan")
+    assert fd.num_frames("nan") == 6  # the shape alone is still readable (header only)
+    # every loader pairs items with this FeatureDir, so the tasks all refuse the video
+    (tmp_path / "ha.json").write_text(json.dumps({"nan": [[1, 0.0, 2.0, "x"]]}))
+    data = L.load_htm_align(tmp_path / "ha.json", root)
+    with pytest.raises(L.EvalDataError, match="nan.npy"):
+        data.features.load(data.videos[0].video_id)

@@ -59,7 +59,9 @@ def store(tmp_path_factory):
 
 
 def _run(capsys, *args):
-    code = main(list(args))
+    from norton_jax import cli
+
+    code = cli.run(main, list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -273,8 +275,8 @@ def test_cli_errors_are_clear(workdir, store, tmp_path, capsys):
     code, _, err = _run(capsys, "--checkpoint", str(workdir), "--task", "nope", "--data", str(tmp_path))
     assert code == 2 and "unknown task" in err
     code, _, err = _run(capsys, "--checkpoint", str(workdir), "--task", "msrvtt", "--data", str(tmp_path))
-    assert code == 1 and "MSRVTT_JSFUSION_test.csv" in err
+    assert code == 2 and "MSRVTT_JSFUSION_test.csv" in err
     code, _, err = _run(capsys, "--checkpoint", str(workdir), "--task", "coin", "--data", str(store))
-    assert code == 1 and "feature store supports the tasks" in err
+    assert code == 2 and "feature store supports the tasks" in err
     code, _, err = _run(capsys, "--checkpoint", str(tmp_path / "none"), "--task", "coin", "--data", str(tmp_path))
-    assert code == 1 and "checkpoint not found" in err
+    assert code == 2 and "checkpoint not found" in err

@@ -100,3 +100,24 @@ def test_coin_finetune_improves_frame_accuracy_and_exports_classifier(data, tmp_
             out_t["video_outputs"][:, 1:33], sd["video_encoder.classifier.weight"], sd["video_encoder.classifier.bias"]
         ).numpy()
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_refuses_non_finite_test_features(tmp_path):
+    """A NaN frame in one test video stops the evaluation with the file, video and frame named
+    (the scores of all-NaN features used to be reported as a result)."""
+    from norton_jax.evaluate.loaders import EvalDataError
+    from norton_jax.finetune.data import MSRVTT_FEATURES
+    from norton_jax.finetune.evaluate import evaluate_task
+    from norton_jax.models import ModelConfig, init_model
+
+    root = tmp_path / "msrvtt"
+    standins.write_msrvtt(root, num_train=8, num_qa_train=8, num_test=6, seconds=(4, 8))
+    config = small_config("finetune_msrvtt", root, None, batch_size=4, steps=1)
+    model = init_model(ModelConfig.from_any(config.model), seed=0)
+    assert 0 <= evaluate_task(model, config, root)["metrics"]["R1"] <= 1  # clean files score
+    bad = sorted((root / MSRVTT_FEATURES).glob("video70*.npy"))[0]  # the first test video
+    feats = np.load(bad)
+    feats[2, 7] = np.nan
+    np.save(bad, feats)
+    with pytest.raises(EvalDataError, match=rf"{bad.name}: video '{bad.stem}': .*non-finite.*first at frame 2"):
+        evaluate_task(model, config, root)

@@ -5,6 +5,10 @@
 
 ``--task`` takes one task or a comma-separated list; the JSON holds the result of a single
 task, or ``{task: result}`` for several.  See ``docs/evaluation.md`` for each task's files.
+
+A mistake in the arguments or the files (an unknown task, a missing file, features with
+NaN/inf, an unwritable ``--out``) prints one ``error:`` line and exits with status 2;
+``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -42,36 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     parser.add_argument("--max-videos", type=int, default=None,
                         help="only the first N videos (quick checks; not the protocol)")
-    parser.add_argument("--out", default=None, help="write the metrics JSON here")
+    parser.add_argument("--out", default=None,
+                        help="write the metrics JSON here (checked writable before the model loads)")
+    from norton_jax import cli  # noqa: PLC0415
+
+    cli.add_debug_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from norton_jax import cli  # noqa: PLC0415
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from norton_jax.evaluate.loaders import EvalDataError  # noqa: PLC0415
-    from norton_jax.evaluate.run import TASKS, evaluate_checkpoint, format_table, load_model, write_json  # noqa: PLC0415
+    from norton_jax.evaluate.run import (  # noqa: PLC0415
+        TASKS, check_writable, evaluate_checkpoint, format_table, load_model, write_json,
+    )
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        print(f"error: unknown task(s) {unknown}; choose from {', '.join(TASKS)}", file=sys.stderr)
-        return 2
-    try:
-        model, info = load_model(args.checkpoint, args.config, step=args.step)
-        results = {}
-        for task in tasks:
-            result = evaluate_checkpoint(
-                model, task, args.data, features=args.features, split=args.split,
-                batch_size=args.batch_size, max_videos=args.max_videos, coin_split=args.coin_split,
-                otam_variant=args.otam_variant,
-            )
-            result.update(info)
-            results[task] = result
-            print(format_table(result), flush=True)
-    except (EvalDataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise cli.UserError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    if args.out:
+        check_writable(args.out, "--out")  # before the model loads: a bad --out fails at once
+    model, info = load_model(args.checkpoint, args.config, step=args.step)
+    results = {}
+    for task in tasks:
+        result = evaluate_checkpoint(
+            model, task, args.data, features=args.features, split=args.split,
+            batch_size=args.batch_size, max_videos=args.max_videos, coin_split=args.coin_split,
+            otam_variant=args.otam_variant,
+        )
+        result.update(info)
+        results[task] = result
+        print(format_table(result), flush=True)
     if args.out:
         write_json(results[tasks[0]] if len(tasks) == 1 else results, args.out)
         print(f"wrote {args.out}")
@@ -79,4 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from norton_jax import cli
+
+    sys.exit(cli.run(main, prog="python -m norton_jax.evaluate"))

@@ -95,8 +95,13 @@ class FeatureDir:
     def path(self, video_id: str) -> Path:
         return self.root / f"{video_id}{self.suffix}"
 
-    def load(self, video_id: str) -> np.ndarray:
-        """Features ``[T, D]`` of one video (float32 unless stored as float64)."""
+    def load(self, video_id: str, *, check_finite: bool = True) -> np.ndarray:
+        """Features ``[T, D]`` of one video (float32 unless stored as float64).
+
+        Every value must be finite: a NaN or inf anywhere raises :class:`EvalDataError`
+        naming the file, the video and the first bad frame (``check_finite=False`` skips
+        that scan, for callers that only read the shape).
+        """
         path = self.path(video_id)
         try:
             feat = np.load(path, mmap_mode="r" if self.mmap else None, allow_pickle=False)
@@ -106,10 +111,34 @@ class FeatureDir:
             raise EvalDataError(path, f"not a readable .npy array ({err})") from None
         if feat.ndim != 2 or feat.shape[0] == 0 or not np.issubdtype(feat.dtype, np.floating):
             raise EvalDataError(path, f"features must be a non-empty float [T, D] array, got {feat.dtype} {feat.shape}")
+        if check_finite:
+            check_finite_features(feat, path, video_id)
         return feat
 
     def num_frames(self, video_id: str) -> int:
-        return int(self.load(video_id).shape[0])
+        """Rows of the video's features (reads the file header only)."""
+        return int(self.load(video_id, check_finite=False).shape[0])
+
+
+def check_finite_features(features: np.ndarray, path: PathLike, video_id: str = "") -> None:
+    """Raises :class:`EvalDataError` (naming ``path``, the video and the first bad frame) when
+    ``features [T, D]`` hold a NaN or an infinity.
+
+    A single bad value is enough to turn every similarity of its window into NaN, which
+    the ranking metrics would then score silently as a miss (or a hit), so features are
+    refused instead.
+    """
+    finite = np.isfinite(features)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)
+    frame, dim = (int(x) for x in bad[0][:2]) if bad.shape[1] >= 2 else (int(bad[0][0]), 0)
+    value = features[tuple(bad[0])]
+    who = f"video {video_id!r}: " if video_id else ""
+    raise EvalDataError(
+        path, f"{who}features contain {len(bad)} non-finite values (NaN/inf), first at frame {frame} "
+        f"(dim {dim}: {float(value)!r}); fix or re-extract these features"
+    )
 
 
 def _feature_dir(features: FeatureDir | PathLike | None) -> FeatureDir | None:
@@ -262,20 +291,16 @@ class YouCookData:
         return np.asarray(self.features.load(clip.video_id)[clip.start : clip.end][:max_len])
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers only: a test-set pkl must not run code."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain lists/dicts/strings allowed")
-
-
 def _load_pkl(path: PathLike) -> Any:
+    """A test-set pickle of plain records (lists, dicts, strings, numbers, numpy arrays);
+    anything that would need other code to unpickle is refused."""
+    from data_pipeline.safe_pickle import load_plain_pickle  # noqa: PLC0415
+
     try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f).load()
+        return load_plain_pickle(path)
     except FileNotFoundError:
         raise EvalDataError(path, "file not found") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
         raise EvalDataError(path, f"not a readable pickle of plain records ({err})") from None
 
 

@@ -385,10 +385,26 @@ def read_store(store_dir: PathLike, split: str = "val", *, max_videos: int | Non
     store = FeatureStore(os.fspath(store_dir), split)
     try:
         n = len(store) if max_videos is None else min(len(store), max_videos)
-        records = [store[i] for i in range(n)]
+        records = [checked_store_record(store, i) for i in range(n)]
     finally:
         store.close()
     return records
+
+
+def checked_store_record(store, i: int):
+    """Record ``i`` of an open ``FeatureStore``, its features checked finite (the error names
+    the shard file, the video and the first bad frame)."""
+    rec = store[i]
+    L.check_finite_features(np.asarray(rec.features), _shard_path(store, i), rec.video_id)
+    return rec
+
+
+def _shard_path(store, i: int) -> str:
+    """The shard file holding record ``i`` (the store folder if the store hides it)."""
+    try:
+        return store.paths[store._entries[i][0]]  # noqa: SLF001 - for the error message only
+    except (AttributeError, IndexError, TypeError):
+        return os.path.join(os.fspath(store.store_dir), f"{store.split}.index.json")
 
 
 def _require_gt(records: Sequence, store_dir: PathLike, split: str) -> None:
@@ -773,6 +789,8 @@ def evaluate_checkpoint(
     store = is_feature_store(data_path)
     if store and task not in STORE_TASKS:
         raise ValueError(f"{data}: a feature store supports the tasks {', '.join(STORE_TASKS)}, not {task!r}")
+    if out is not None:
+        check_writable(out, "out")
     model, info = load_model(checkpoint, config, step=step)
     encoder = Encoder(model, batch_size=batch_size)
     extra: dict[str, Any] = {}
@@ -843,6 +861,30 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def check_writable(path: PathLike, flag: str = "--out") -> Path:
+    """Checks, before any work, that the file ``path`` can be written later.
+
+    Creates its folder if needed, then writes and removes a probe file next to it; a
+    problem raises :class:`norton_jax.cli.UserError` naming ``flag`` and the path, so a
+    long evaluation does not end with its result lost.  Returns ``path`` as a Path.
+    """
+    from norton_jax.cli import UserError  # noqa: PLC0415
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.{os.getpid()}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(f"{flag} {path}: cannot write in {folder} ({reason})") from err
+    return path
 
 
 def write_json(obj: Any, path: PathLike) -> None:

@@ -24,6 +24,9 @@ multi-host run computes the same global batch and keeps its own rows.
   videos; a step gives each device ``videos_per_device`` whole videos as 32-frame windows
   with stride 8, ``[CLS]`` masked (spec §3.3 step 5), per-frame targets (``-100`` on padded
   frames); every device's windows are padded (all ``-100``) to the same power of two.
+
+Features are read with :meth:`norton_jax.evaluate.loaders.FeatureDir.load`, which refuses
+NaN/inf values with an error naming the file, the video and the first bad frame.
 """
 
 from __future__ import annotations

@@ -81,7 +81,10 @@ def evaluate_task(model: DualEncoder, config: ml_collections.ConfigDict, data_di
     """The task's test-split metrics for ``model`` (``config.task``, files under ``data_dir``).
 
     Returns ``{"metrics": {...}, "counts": {...}, "missing": int}``; ``config.eval.max_videos``
-    > 0 keeps only the first N test items (a quick check, not the protocol).
+    > 0 keeps only the first N test items (a quick check, not the protocol).  Features are
+    read through :class:`norton_jax.evaluate.loaders.FeatureDir`, so a test video whose
+    features hold NaN/inf raises ``EvalDataError`` naming its file and first bad frame
+    instead of being scored.
     """
     task, ev = config.task, config.eval
     test_path = resolve_in(data_dir, ev.test_file)
