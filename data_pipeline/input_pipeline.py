@@ -2,12 +2,22 @@
 
 Order of videos: every epoch ``e`` has one global permutation of the split,
 ``perm_e(j) = tf.random.experimental.index_shuffle(j, [seed, e], N - 1)`` (stateless, computed
-inside tf.data); host ``h`` of ``P`` takes ``perm_e(h), perm_e(h + P), ...`` cut to ``steps_per_epoch * videos_per_host`` videos (``steps_per_epoch =
+once per epoch by :func:`host_video_order`); host ``h`` of ``P`` takes ``perm_e(h), perm_e(h + P), ...`` cut to ``steps_per_epoch * videos_per_host`` videos (``steps_per_epoch =
 (N // P) // videos_per_host``, identical on all hosts; the few videos left over are different
 ones every epoch). Each video's 16 clips are drawn by :func:`data_pipeline.sampling.sample_video`
 with the Generator ``(seed, e, video_position)``, so the data depend only on
 ``(seed, epoch, step)``: the iterator state is that position (a small dict of ints) and a
 restored iterator continues with exactly the batches the original would have produced.
+
+Where the work runs: the per-video work (record read and parse, the reference sampling,
+slicing and padding) runs in ``PipelineConfig.num_workers`` worker processes
+(:mod:`data_pipeline.batch_workers`; default one per core this process may use), which fill
+whole host batches into shared memory; ``tf.data`` (``Dataset.from_generator`` + ``prefetch``)
+hands them on.  Threads inside ``tf.data`` could not do this work in parallel: it is Python,
+and it needs the GIL.  The batches do not depend on the number of workers.
+
+Closing: :meth:`TrainIterator.close` (or ``with TrainIterator(...) as it:``) stops the
+workers; iterators left open are closed at interpreter exit.
 
 Batch layout (one dict of numpy arrays per step, ``R = videos_per_device * K`` rows per device,
 rows video-major: row ``v*K + c`` = clip ``c`` of the device's video ``v``)::
@@ -27,19 +37,17 @@ videos or devices because K = 16 is a multiple of 8.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from data_pipeline import fileio
+from data_pipeline.batch_workers import ROW_DTYPES, ROW_KEYS, BatchWorkers, available_cores
 from data_pipeline.feature_store import FeatureStore
 from data_pipeline.sampling import CLIPS_PER_VIDEO, sample_video, video_rng
 from data_pipeline.tf_utils import import_tensorflow
 from data_pipeline.tokenization import MAX_LEN, MAX_VIDEO_LEN
 
-ROW_KEYS = ("caps", "cmasks", "vfeats", "vmasks", "video_index", "text_start", "text_end",
-            "video_start", "video_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +63,10 @@ class PipelineConfig:
     num_local_devices: Optional[int] = None
     process_index: Optional[int] = None
     process_count: Optional[int] = None
-    num_parallel_calls: int = -1         # -1: tf.data.AUTOTUNE
+    num_parallel_calls: int = -1         # unused (kept for configs that set it)
     prefetch: int = 2                    # batches
-    deterministic: bool = True
-
-
-def _tf_host_positions(tf, flat, *, num_videos: int, per_epoch: int, seed: int, process_index: int,
-                       process_count: int):
-    """TF: host counter ``flat`` (scalar int64) -> (epoch, video position). No Python in the graph."""
-    epoch = flat // per_epoch
-    j = (flat % per_epoch) * process_count + process_index
-    pos = tf.random.experimental.index_shuffle(j, tf.stack([tf.constant(seed, tf.int64), epoch]),
-                                               tf.constant(num_videos - 1, tf.int64))
-    return epoch, pos
+    deterministic: bool = True           # batches never depend on worker timing
+    num_workers: Optional[int] = None    # batch-assembly processes; None: one per available core, 0: none
 
 
 def host_video_order(num_videos: int, epoch: int, *, seed: int, process_index: int, process_count: int,
@@ -85,6 +84,15 @@ def host_video_order(num_videos: int, epoch: int, *, seed: int, process_index: i
     pos = tf.random.experimental.index_shuffle(j, tf.constant([seed, epoch], tf.int64),
                                                tf.constant(num_videos - 1, tf.int64))
     return pos.numpy()
+
+
+def batch_shapes(config: "PipelineConfig", videos_per_host: int, feature_dim: int) -> dict[str, list[int]]:
+    """Shape of every batch field for ``config.layout`` (see the module docstring)."""
+    k, lc, lv = config.clips_per_video, config.max_len - config.max_video_len, config.max_video_len
+    per_row = {"caps": [lc], "cmasks": [lc], "vfeats": [lv, feature_dim], "vmasks": [lv]}
+    d = config.num_local_devices
+    lead = [d, videos_per_host // d * k] if config.layout == "device" else [videos_per_host * k]
+    return {key: lead + per_row.get(key, []) for key in ROW_KEYS}
 
 
 class TrainIterator:
@@ -124,6 +132,7 @@ class TrainIterator:
             self._check_state(state)
             self._epoch, self._step = int(state["epoch"]), int(state["step"])
         self._it: Optional[Iterator] = None
+        self._workers: Optional[BatchWorkers] = None
         #: Optional ``order_fn(epoch) -> int64 [steps_per_epoch * videos_per_host]``: this
         #: host's video positions for ``epoch`` (e.g. hard-negative batches), replacing the
         #: shuffled order. Called at the start of each epoch, when that epoch's first batch
@@ -153,15 +162,11 @@ class TrainIterator:
         self._it = None
 
     def save_state(self, path: str) -> None:
-        """Write :meth:`state` as JSON (atomically)."""
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.state(), fh)
-        os.replace(tmp, path)
+        """Write :meth:`state` as JSON (atomically; any filesystem :mod:`data_pipeline.fileio` reads)."""
+        fileio.atomic_write_json(path, self.state())
 
     def load_state(self, path: str) -> None:
-        with open(path) as fh:
-            self.restore(json.load(fh))
+        self.restore(fileio.read_json(path))
 
     # ------------------------------------------------------------------ data
     def load_video(self, epoch: int, position: int) -> dict[str, np.ndarray]:
@@ -175,62 +180,84 @@ class TrainIterator:
         return out
 
     def as_dataset(self):
-        """The ``tf.data.Dataset`` of batches, starting at the current position."""
+        """The ``tf.data.Dataset`` of batches, starting at the current position.
+
+        Batches are assembled by :class:`BatchWorkers` (``config.num_workers`` processes, or
+        in this process when it is 0) and fed to ``tf.data`` through
+        ``Dataset.from_generator``, then prefetched.  With an ``order_fn`` the dataset
+        covers the rest of the current epoch only (the next epoch's order is asked for when
+        this one is exhausted, see :meth:`__next__`).
+        """
         tf = import_tensorflow()
         c = self.config
-        k, lc, lv = c.clips_per_video, c.max_len - c.max_video_len, c.max_video_len
-        dim = self.store.feature_dim
-        specs = {"caps": (tf.int32, [k, lc]), "cmasks": (tf.bool, [k, lc]),
-                 "vfeats": (tf.float32, [k, lv, dim]), "vmasks": (tf.bool, [k, lv]),
-                 "video_index": (tf.int32, [k]), "text_start": (tf.int32, [k]), "text_end": (tf.int32, [k]),
-                 "video_start": (tf.int32, [k]), "video_end": (tf.int32, [k])}
-
-        def load(epoch, pos):
-            out = self.load_video(int(epoch), int(pos))
-            return [out[key] for key in ROW_KEYS]
-
-        def tf_load(epoch, pos):
-            vals = tf.numpy_function(load, [epoch, pos], [specs[key][0] for key in ROW_KEYS], stateful=False)
-            res = {}
-            for key, v in zip(ROW_KEYS, vals):
-                v.set_shape(specs[key][1])
-                res[key] = v
-            return res
-
-        vd, d = c.videos_per_device, c.num_local_devices
-
-        def to_layout(batch):
-            out = {}
-            for key, v in batch.items():  # v: [V_host, K, ...]
-                rest = v.shape[2:]
-                shape = ([d, vd * k] if c.layout == "device" else [d * vd * k]) + list(rest)
-                out[key] = tf.reshape(v, shape)
-            return out
-
-        per_epoch = self.steps_per_epoch * self.videos_per_host
-        first = self._epoch * per_epoch + self._step * self.videos_per_host
-        last = per_epoch * c.num_epochs if c.num_epochs is not None else np.iinfo(np.int64).max
-        if self.order_fn is None:
-            ds = tf.data.Dataset.range(first, last)
-            ds = ds.map(lambda g: _tf_host_positions(tf, g, num_videos=len(self.store), per_epoch=per_epoch,
-                                                     seed=c.seed, process_index=c.process_index,
-                                                     process_count=c.process_count))
-        else:
-            # A caller-supplied order (hard-negative batches) covers the current epoch only:
-            # the next epoch's order is asked for when this one is exhausted (see __next__).
-            order = np.asarray(self.order_fn(self._epoch), np.int64)
-            if order.shape != (per_epoch,):
-                raise ValueError(f"order_fn({self._epoch}) returned {order.shape[0] if order.ndim else order!r} "
-                                 f"positions, the epoch needs {per_epoch}")
-            order = order[self._step * self.videos_per_host:]
-            ds = tf.data.Dataset.from_tensor_slices((np.full(order.shape, self._epoch, np.int64), order))
-        ds = ds.map(tf_load, num_parallel_calls=c.num_parallel_calls, deterministic=c.deterministic)
-        ds = ds.batch(self.videos_per_host, drop_remainder=True)
-        ds = ds.map(to_layout, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.prefetch(c.prefetch)
+        shapes = batch_shapes(c, self.videos_per_host, self.store.feature_dim)
+        if self._workers is None:
+            flat = {key: (self.videos_per_host * c.clips_per_video, *shape[2 if c.layout == "device" else 1:])
+                    for key, shape in shapes.items()}
+            sampling = {"seed": c.seed, "clips_per_video": c.clips_per_video, "max_len": c.max_len,
+                        "max_video_len": c.max_video_len}
+            workers = available_cores() if c.num_workers is None else c.num_workers
+            if fileio.is_url(self.store.store_dir) and self.store.store_dir.startswith("ram://"):
+                workers = 0  # TF's in-memory filesystem exists only inside this process
+            self._workers = BatchWorkers(self.store, sampling, flat, num_workers=workers, prefetch=c.prefetch)
+        signature = {key: tf.TensorSpec(shape, tf.as_dtype(ROW_DTYPES[key])) for key, shape in shapes.items()}
+        self._epoch_at_start = self._epoch
+        first_order = self.epoch_order(self._epoch)
+        ds = tf.data.Dataset.from_generator(lambda: self._workers.run(self._tasks(first_order), shapes),
+                                            output_signature=signature)
+        ds = ds.map(lambda batch: {**batch, "vfeats": tf.cast(batch["vfeats"], tf.float32)},
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(self.config.prefetch)
         opts = tf.data.Options()
-        opts.deterministic = c.deterministic
+        opts.deterministic = True
         return ds.with_options(opts)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This host's video positions of ``epoch`` in reading order (int64 [steps * videos_per_host])."""
+        c = self.config
+        per_epoch = self.steps_per_epoch * self.videos_per_host
+        if self.order_fn is not None:
+            order = np.asarray(self.order_fn(epoch), np.int64)
+            if order.shape != (per_epoch,):
+                raise ValueError(f"order_fn({epoch}) returned {order.shape[0] if order.ndim else order!r} "
+                                 f"positions, the epoch needs {per_epoch}")
+            return order
+        return host_video_order(len(self.store), epoch, seed=c.seed, process_index=c.process_index,
+                                process_count=c.process_count, videos_per_host=self.videos_per_host)
+
+    def _tasks(self, first_order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(epoch, positions [videos_per_host]) of every batch from the current position on.
+
+        ``first_order`` is :meth:`epoch_order` of the current epoch, computed by the caller
+        (in the thread that asks for batches, not in a tf.data thread)."""
+        c = self.config
+        epoch, step = self._epoch, self._step
+        while c.num_epochs is None or epoch < c.num_epochs:
+            order = first_order if epoch == self._epoch_at_start else self.epoch_order(epoch)
+            order = order.reshape(self.steps_per_epoch, self.videos_per_host)
+            for s in range(step, self.steps_per_epoch):
+                yield epoch, order[s]
+            if self.order_fn is not None:
+                return  # the next epoch's order is built on demand (see __next__)
+            epoch, step = epoch + 1, 0
+
+    def close(self) -> None:
+        """Stops the worker processes and drops the tf.data iterator (idempotent).
+
+        Also called at interpreter exit for iterators still open, before Python starts
+        tearing itself down (a TensorFlow iterator destroyed later could wait forever on a
+        Python callback).
+        """
+        self._it = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def __enter__(self) -> "TrainIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __iter__(self) -> "TrainIterator":
         return self

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from data_pipeline import fileio
 from data_pipeline.feature_store import FEATURE_DIM, FeatureStore
 from data_pipeline.tf_utils import import_tensorflow
 from data_pipeline.tokenization import MAX_STORED_TOKENS
@@ -65,14 +66,16 @@ class NortonFeatureStore(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = os.fspath(dl_manager.manual_dir)
-        splits = sorted(f[:-len(".index.json")] for f in os.listdir(root) if f.endswith(".index.json"))
+        # <split>.index.json; not the partial indexes (<split>.task-I-of-N.index.json) of a conversion in tasks
+        splits = sorted(f[:-len(".index.json")] for f in fileio.listdir(root)
+                        if f.endswith(".index.json") and ".task-" not in f)
         if not splits:
             raise FileNotFoundError(f"manual_dir {root} holds no <split>.index.json; "
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         return {s: self._generate_examples(root, s) for s in splits}
 
     def _generate_examples(self, root: str, split: str):
-        store = FeatureStore(root, split)
+        store = FeatureStore(root, split)  # a local folder or a URL (gs://...)
         for i in range(len(store)):
             rec = store[i]
             toks = np.full((rec.num_captions, MAX_STORED_TOKENS), -1, np.int32)

@@ -31,17 +31,16 @@ so a subset build (``max_videos``) holds exactly the same videos as the full bui
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from typing import Optional
 
 import numpy as np
 
+from data_pipeline import fileio
 from data_pipeline.convert import read_captions_csv
 from data_pipeline.feature_store import FEATURE_DIM, FeatureStoreWriter, VideoRecord
 from data_pipeline.tokenization import tokenize_captions
@@ -60,7 +59,11 @@ def default_data_root() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MNCConfig:
-    """Noise and size settings of youcook2-mnc (all sweepable)."""
+    """Noise and size settings of youcook2-mnc (all sweepable).
+
+    ``max_videos``: the first N ids (sorted) of each split; ``None`` or ``0`` means all
+    1,333 + 457 videos (``0`` is stored as ``None``); negative values are refused.
+    """
     seed: int = 0
     irrelevant_fraction: float = 0.3   # share of captions that are ASR chatter, in [0, 1)
     shift_std: float = 4.0             # s, std of the per-caption time shift
@@ -73,14 +76,38 @@ class MNCConfig:
     videos_per_shard: int = 128
 
     def __post_init__(self):
-        if not 0.0 <= self.irrelevant_fraction < 1.0:
-            raise ValueError(f"irrelevant_fraction must be in [0, 1), got {self.irrelevant_fraction}")
-        for name in ("shift_std", "max_shift", "feature_noise", "smoothing_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("filler_prob", "word_dropout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            self.check(f.name, getattr(self, f.name))
+        if self.max_videos == 0:
+            object.__setattr__(self, "max_videos", None)
+
+    @staticmethod
+    def check(name: str, value, label: Optional[str] = None) -> None:
+        """Raises ValueError if ``value`` is not allowed for the field ``name``.
+
+        ``label`` is how the message names the setting (default: the field name; the command
+        line passes its flag, e.g. ``--max-videos``).
+        """
+        label = label or name
+        if name in ("seed", "videos_per_shard", "max_videos"):
+            if value is None and name == "max_videos":
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{label} must be an integer, got {value!r}")
+            low = 1 if name == "videos_per_shard" else 0
+            if value < low:
+                extra = " (0 means all videos)" if name == "max_videos" else ""
+                raise ValueError(f"{label} must be >= {low}{extra}, got {value}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number, got {value!r}")
+        if name == "irrelevant_fraction" and not 0.0 <= value < 1.0:
+            raise ValueError(f"{label} must be in [0, 1), got {value}")
+        if name in ("filler_prob", "word_dropout") and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{label} must be in [0, 1], got {value}")
+        if name in ("shift_std", "max_shift", "feature_noise", "smoothing_seconds") and value < 0:
+            raise ValueError(f"{label} must be >= 0, got {value}")
 
 
 def _vid_key(video_id: str) -> int:
@@ -118,7 +145,7 @@ def add_fillers(sentence: str, rng: np.random.Generator, prob: float) -> str:
 def load_chatter(data_root: str) -> list[tuple[str, float]]:
     """Real ASR lines (text, duration s) with at least 3 words from HowTo100M small_train_captions."""
     lines = []
-    for path in sorted(glob.glob(os.path.join(data_root, "howto100m", "small_train_captions", "*.csv"))):
+    for path in fileio.glob(fileio.join(data_root, "howto100m", "small_train_captions", "*.csv")):
         s, e, texts = read_captions_csv(path)
         for a, b, t in zip(s, e, texts):
             if isinstance(t, str) and len(t.split()) >= 3:
@@ -150,17 +177,19 @@ def _embed_with_cache(sentences: list[str], cache_dir: Optional[str], progress: 
     from data_pipeline import minilm
 
     key = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:20]
-    path = os.path.join(cache_dir, f"minilm_{key}.npy") if cache_dir else None
-    if path and os.path.exists(path):
-        emb = np.load(path).astype(np.float32)
+    path = fileio.join(cache_dir, f"minilm_{key}.npy") if cache_dir else None
+    if path and fileio.isfile(path):
+        with fileio.open(path, "rb") as fh:
+            emb = np.load(fh, allow_pickle=False).astype(np.float32)
         if emb.shape == (len(sentences), minilm.HIDDEN):
             return emb
     emb = minilm.encode(sentences, progress=progress)
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".tmp.npy"
-        np.save(tmp, emb.astype(np.float16))
-        os.replace(tmp, path)
+        fileio.makedirs(cache_dir)
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        with fileio.open(tmp, "wb") as fh:
+            np.save(fh, emb.astype(np.float16))
+        fileio.replace(tmp, path)
     return emb
 
 
@@ -169,26 +198,40 @@ def build(out_dir: str, config: MNCConfig = MNCConfig(), *, data_root: Optional[
           progress: bool = True) -> dict:
     """Build youcook2-mnc into ``out_dir`` (feature store with splits ``train`` and ``val``).
 
-    Writes into ``<out_dir>.partial`` and renames it to ``out_dir`` when complete. If ``out_dir``
-    already holds a build with the same settings it is kept (unless ``force``).
+    Writes into ``<out_dir>.partial`` and renames it to ``out_dir`` when complete (on an object
+    store, ``gs://...``, the rename is a copy; ``youcook2_mnc.json`` is copied with the rest). If
+    ``out_dir`` already holds a build with the same settings it is kept (unless ``force``).
     Returns the metadata dict that is also written to ``<out_dir>/youcook2_mnc.json``.
     """
     t0 = time.time()
     data_root = data_root or default_data_root()
-    cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
+    cache_dir = (cache_dir if fileio.is_url(cache_dir) else os.path.expanduser(cache_dir)) if cache_dir else None
     settings = {"name": NAME, "version": BUILD_VERSION, **dataclasses.asdict(config)}
-    meta_path = os.path.join(out_dir, "youcook2_mnc.json")
-    if os.path.exists(meta_path) and not force:
-        with open(meta_path) as fh:
-            old = json.load(fh)
+    out_dir = os.fspath(out_dir)
+    meta_path = fileio.join(out_dir, "youcook2_mnc.json")
+    if fileio.exists(out_dir) and not fileio.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file, not a folder")
+    if fileio.isfile(meta_path) and not force:
+        try:
+            old = fileio.read_json(meta_path)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_path} is not valid JSON ({e}); pass --force (force=True) to rebuild "
+                             "into that folder, or use another --out") from e
         if old.get("settings") == settings:
             if progress:
-                print(f"{out_dir}: up to date ({NAME}, same settings); use force=True to rebuild")
+                print(f"{out_dir}: up to date ({NAME}, same settings); pass --force (force=True) to rebuild")
             return old
-    ann_path = os.path.join(data_root, "youcook2", "youcookii_annotations_trainval.json")
-    with open(ann_path) as fh:
-        db = json.load(fh)["database"]
-    with open(os.path.join(data_root, "youcook2", "label_foodtype.csv")) as fh:
+        old_settings = old.get("settings") or {}
+        diff = [f"{k}: {old_settings.get(k)!r} in the existing build, {settings.get(k)!r} now"
+                for k in sorted(set(old_settings) | set(settings)) if old_settings.get(k) != settings.get(k)]
+        raise FileExistsError(f"{out_dir} holds a {NAME} build with other settings ({'; '.join(diff)}); "
+                              "pass --force (force=True) to replace it, or use another --out")
+    if fileio.isdir(out_dir) and fileio.listdir(out_dir) and not fileio.isfile(meta_path):
+        raise FileExistsError(f"{out_dir} exists and is not a {NAME} build; not overwriting it "
+                              "(use another --out, or empty that folder)")
+    ann_path = fileio.join(data_root, "youcook2", "youcookii_annotations_trainval.json")
+    db = fileio.read_json(ann_path)["database"]
+    with fileio.open(fileio.join(data_root, "youcook2", "label_foodtype.csv")) as fh:
         recipe_names = dict(line.strip().split(",", 1) for line in fh if line.strip())
     chatter = load_chatter(data_root)
 
@@ -217,9 +260,9 @@ def build(out_dir: str, config: MNCConfig = MNCConfig(), *, data_root: Optional[
     recipe_vecs = {r: _rng(config.seed, 0xBC, int(r)).standard_normal(emb.shape[1]) for r in recipe_names}
 
     tmp_dir = out_dir.rstrip("/") + ".partial"
-    if os.path.exists(tmp_dir):
-        shutil.rmtree(tmp_dir)
-    os.makedirs(tmp_dir)
+    if fileio.exists(tmp_dir):
+        fileio.rmtree(tmp_dir)
+    fileio.makedirs(tmp_dir)
     stats = {}
     for split in SPLITS:
         writer = FeatureStoreWriter(tmp_dir, split, videos_per_shard=config.videos_per_shard,
@@ -246,7 +289,7 @@ def build(out_dir: str, config: MNCConfig = MNCConfig(), *, data_root: Optional[
                     "gt_start": float(rec.gt_start[i]), "gt_end": float(rec.gt_end[i]),
                     "gt_text": rec.gt_text[i], "step": int(info["step_of_caption"][i])}))
         index = writer.close()
-        with open(os.path.join(tmp_dir, f"{split}.ground_truth.jsonl"), "w") as fh:
+        with fileio.open(fileio.join(tmp_dir, f"{split}.ground_truth.jsonl"), "w") as fh:
             fh.write("\n".join(gt_lines) + "\n")
         sh = np.abs(np.asarray(shifts)) if shifts else np.zeros(1)
         stats[split] = {"videos": index["num_videos"], "seconds": index["num_frames"],
@@ -257,15 +300,14 @@ def build(out_dir: str, config: MNCConfig = MNCConfig(), *, data_root: Optional[
                         "bytes": sum(s["bytes"] for s in index["shards"])}
     meta = {"name": NAME, "settings": settings, "splits": stats, "unique_perturbed_sentences": len(uniq),
             "encode_seconds": round(t_enc, 1), "build_seconds": round(time.time() - t0, 1),
-            "data_root": os.path.abspath(data_root)}
-    with open(os.path.join(tmp_dir, "youcook2_mnc.json"), "w") as fh:
-        json.dump(meta, fh, indent=1)
-    if os.path.exists(out_dir):
-        if os.listdir(out_dir) and not os.path.exists(meta_path):
+            "data_root": fileio.abspath(data_root)}
+    fileio.atomic_write_json(fileio.join(tmp_dir, "youcook2_mnc.json"), meta, indent=1)
+    if fileio.exists(out_dir):
+        if fileio.listdir(out_dir) and not fileio.isfile(meta_path):
             raise FileExistsError(f"{out_dir} exists and is not a {NAME} build; not overwriting it "
                                   f"(the new build is in {tmp_dir})")
-        shutil.rmtree(out_dir)
-    os.replace(tmp_dir, out_dir)
+        fileio.rmtree(out_dir)
+    fileio.move_tree(tmp_dir, out_dir)
     return meta
 
 

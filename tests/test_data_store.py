@@ -212,21 +212,25 @@ def test_per_video_bad_inputs(tmp_path, case, reason, pattern):
     elif case == "bad_time":
         rows[1] = ("x", 8.0, "add oil")
     f, c = _one_video(tmp_path, feats, rows)
+    kw = {"strict": True} if case == "outside" else {}  # late captions are kept unless --strict
     with pytest.raises(DataError, match=pattern) as ei:
-        convert.convert_per_video(f, c, str(tmp_path / "s"))
+        convert.convert_per_video(f, c, str(tmp_path / "s"), **kw)
     assert ei.value.reason == reason and ei.value.video_id == "v1"
     assert not os.path.exists(tmp_path / "s" / "train.index.json")
     # explicit counted skip
-    s = convert.convert_per_video(f, c, str(tmp_path / "s2"), on_error="skip")
+    s = convert.convert_per_video(f, c, str(tmp_path / "s2"), on_error="skip", **kw)
     assert s["num_videos"] == 0 and s["skipped"] == {reason: 1}
 
 
 def test_missing_caption_file_and_tolerance(tmp_path):
     feats = np.zeros((20, 512), np.float16)
     f, c = _one_video(tmp_path, feats, [(0.0, 21.5, "ends a little after the last feature second")])
-    assert convert.convert_per_video(f, c, str(tmp_path / "ok"))["num_videos"] == 1  # within 2 s tolerance
+    ok = convert.convert_per_video(f, c, str(tmp_path / "ok"))
+    assert ok["num_videos"] == 1 and ok["clamped_captions"] == 0  # within the 2 s tolerance
     with pytest.raises(DataError, match="outside the video"):
-        convert.convert_per_video(f, c, str(tmp_path / "strict"), time_tolerance=0.0)
+        convert.convert_per_video(f, c, str(tmp_path / "strict"), time_tolerance=0.0, strict=True)
+    late = convert.convert_per_video(f, c, str(tmp_path / "late"), time_tolerance=0.0)
+    assert late["num_videos"] == 1 and (late["clamped_captions"], late["clamped_videos"]) == (1, 1)
     os.remove(os.path.join(c, "v1.csv"))
     with pytest.raises(DataError, match=r"v1.csv.*captions CSV missing"):
         convert.convert_per_video(f, c, str(tmp_path / "s"))
