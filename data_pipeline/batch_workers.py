@@ -44,9 +44,7 @@ __all__ = ["ROW_KEYS", "ROW_DTYPES", "BatchWorkers", "available_cores", "fill_ba
 
 ROW_KEYS = ("caps", "cmasks", "vfeats", "vmasks", "video_index", "text_start", "text_end",
             "video_start", "video_end")
-# Transport dtypes.  Features travel as float16, the store's own precision (exact), and
-# become float32 in tf.data (a cast in TensorFlow's C++ threads): half the bytes to copy.
-ROW_DTYPES = {"caps": np.int32, "cmasks": np.bool_, "vfeats": np.float16, "vmasks": np.bool_,
+ROW_DTYPES = {"caps": np.int32, "cmasks": np.bool_, "vfeats": np.float32, "vmasks": np.bool_,
               "video_index": np.int32, "text_start": np.int32, "text_end": np.int32,
               "video_start": np.int32, "video_end": np.int32}
 _ALIGN = 64  # bytes; every field of a slot starts on a 64-byte boundary
@@ -80,6 +78,19 @@ def fill_batch(store: FeatureStore, sampling: dict[str, int], epoch: int, positi
         for key in ROW_KEYS:
             if key != "video_index":
                 out[key][rows] = clips[key]
+
+
+def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
+    """``np.empty`` whose data starts on a 64-byte boundary.
+
+    TensorFlow takes such numpy arrays without copying them (``from_generator`` outputs,
+    ``tf.constant``); an array from plain ``np.empty`` is 16-byte aligned and gets copied.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def slot_layout(shapes: dict[str, tuple]) -> tuple[dict[str, int], int]:
@@ -225,6 +236,8 @@ class BatchWorkers:
         self.store, self.sampling, self.shapes = store, dict(sampling), dict(shapes)
         self.num_workers = int(num_workers)
         self._generation = 0
+        self._recycled: list[dict[str, np.ndarray]] = []
+        self._max_recycled = max(1, prefetch) + 4
         self._procs: list[subprocess.Popen] = []
         self._shms: list = []
         self._closed = False
@@ -270,10 +283,15 @@ class BatchWorkers:
             self._finalizer()
 
     def run(self, tasks: Iterator[tuple[int, np.ndarray]],
-            out_shapes: Optional[dict[str, Sequence[int]]] = None) -> Iterator[dict[str, np.ndarray]]:
-        """Batches for ``tasks`` in order: fresh arrays, reshaped to ``out_shapes`` if given.
+            out_shapes: Optional[dict[str, Sequence[int]]] = None, *,
+            copy: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Batches for ``tasks`` in order, reshaped to ``out_shapes`` if given.
 
-        A later call supersedes an unfinished earlier one (its pending tasks are dropped).
+        ``copy=True``: fresh arrays.  ``copy=False``: views of the shared-memory slot, valid
+        only until the generator is resumed (for a caller that copies at once; not for
+        ``tf.data.Dataset.from_generator``, which may keep the arrays it is given without
+        copying them).  A later call supersedes an unfinished earlier one (its pending tasks
+        are dropped).
         """
         shapes = out_shapes or self.shapes
         if not self.num_workers:
@@ -313,10 +331,36 @@ class BatchWorkers:
             if err is not None:
                 self._free.append(slot)
                 raise err
-            batch = {key: self._slots[slot][key].reshape(shapes[key]).copy() for key in ROW_KEYS}
-            self._free.append(slot)
             wanted += 1
-            yield batch
+            if copy:
+                batch = self._output_buffers(shapes)
+                for key in ROW_KEYS:
+                    np.copyto(batch[key], self._slots[slot][key].reshape(shapes[key]))
+                self._free.append(slot)
+                yield batch
+            else:
+                try:
+                    yield {key: self._slots[slot][key].reshape(shapes[key]) for key in ROW_KEYS}
+                finally:  # the caller has taken (copied) the views: the slot is free again
+                    self._free.append(slot)
+
+    def _output_buffers(self, shapes: dict[str, Sequence[int]]) -> dict[str, np.ndarray]:
+        """Arrays to copy a finished slot into: a recycled set nobody else holds, else new ones.
+
+        Writing into memory that was touched before avoids the page faults of a fresh
+        34 MB allocation per batch.  A set is reused only when this object holds the sole
+        reference to every array (``sys.getrefcount``): a consumer that kept a batch, or a
+        ``tf.data`` tensor that aliases it, keeps it out of reuse, so a handed-out batch is
+        never overwritten.
+        """
+        for arrays in self._recycled:
+            if all(sys.getrefcount(a) <= 3 for a in arrays.values()):  # the dict, the loop, the call
+                if all(arrays[k].shape == tuple(shapes[k]) for k in ROW_KEYS):
+                    return arrays
+        arrays = {key: aligned_empty(shapes[key], ROW_DTYPES[key]) for key in ROW_KEYS}
+        if len(self._recycled) < self._max_recycled:
+            self._recycled.append(arrays)
+        return arrays
 
     def _receive(self, generation: int, done: dict) -> None:
         """Waits for finished tasks: ``generation``'s go to ``done``, stale ones free their slot."""

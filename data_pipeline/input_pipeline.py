@@ -205,8 +205,6 @@ class TrainIterator:
         first_order = self.epoch_order(self._epoch)
         ds = tf.data.Dataset.from_generator(lambda: self._workers.run(self._tasks(first_order), shapes),
                                             output_signature=signature)
-        ds = ds.map(lambda batch: {**batch, "vfeats": tf.cast(batch["vfeats"], tf.float32)},
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.prefetch(self.config.prefetch)
         opts = tf.data.Options()
         opts.deterministic = True
