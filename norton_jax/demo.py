@@ -1,6 +1,6 @@
 """The main job on the embedded default data (``make demo``).
 
-    python -m norton_jax.demo [--workdir workdir/demo] [--steps 300] [--fresh]
+    python -m norton_jax.demo [--workdir workdir/demo] [--steps 300] [--fresh] [--debug]
 
 1. Builds (first run) or reuses the embedded ``youcook2-mnc`` corpus: YouCookII step
    sentences turned into per-second features, with noisy narration (asynchronous caption
@@ -12,6 +12,12 @@
 3. Exports the trained encoders to a PyTorch ``.safetensors`` state dict with the
    reference's key names, draws the Figure-3 re-alignment picture, and prints a summary
    with the paths of everything written.
+
+The demo marks the folders it writes with a ``.norton-demo`` file.  ``--fresh`` removes only
+what the demo writes (:data:`DEMO_OUTPUTS`) and only in a folder holding that marker; a
+folder with other content and no marker is refused, and every argument is checked before
+anything is removed.  A training run stopped by SIGTERM / Ctrl-C exits with ``128 + signal``
+(see :mod:`norton_jax.cli`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import os
 import shutil
 import sys
 import time
+
+from norton_jax import cli
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -38,6 +46,45 @@ HEADLINE = (
     ("htm_align", "metrics.recall", "alignment recall (reference windows)"),
     ("htm_align", "metrics.timestamp_recall", "  baseline: the noisy timestamps"),
 )
+
+
+MARKER = ".norton-demo"
+# Everything the demo writes inside --workdir: what --fresh may remove.
+DEMO_OUTPUTS = ("train", "eval_untrained", "eval_trained", "norton_tiny.safetensors",
+                "figure3_realignment.png", "demo_summary.json")
+
+
+def prepare_workdir(workdir: str, *, fresh: bool) -> None:
+    """Creates ``workdir`` for the demo (with its marker); ``fresh`` removes earlier demo outputs.
+
+    Only :data:`DEMO_OUTPUTS` are removed, and only where the marker shows the demo made the
+    folder.  A non-empty folder without the marker raises :class:`~norton_jax.cli.UserError`
+    (nothing is touched), so a mistyped ``--workdir`` never loses a user's files.
+    """
+    marker = os.path.join(workdir, MARKER)
+    if os.path.exists(workdir):
+        if not os.path.isdir(workdir):
+            raise cli.UserError(f"--workdir {workdir} exists and is not a folder")
+        has_marker = os.path.isfile(marker)
+        if not has_marker and os.listdir(workdir):
+            known = set(os.listdir(workdir)) <= set(DEMO_OUTPUTS)
+            if fresh or not known:
+                raise cli.UserError(
+                    f"--workdir {workdir} holds files the demo did not write (no {MARKER} marker); "
+                    "refusing to use it" + (" or delete anything in it" if fresh else "")
+                    + ": pick an empty or new folder")
+        if fresh and has_marker:
+            for name in DEMO_OUTPUTS:
+                path = os.path.join(workdir, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.isfile(marker):
+        with open(marker, "w") as f:
+            f.write("norton-jax demo outputs; `python -m norton_jax.demo --fresh` removes only these: "
+                    + ", ".join(DEMO_OUTPUTS) + "\n")
 
 
 def _get(metrics: dict, dotted: str):
@@ -64,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="workdir/demo")
     parser.add_argument("--config", default="configs/tiny.py")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
-    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    parser.add_argument("--fresh", action="store_true",
+                        help="remove the demo's earlier outputs in --workdir first (only what the demo wrote)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
 
     import jax
     from flax import nnx
@@ -75,14 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     from norton_jax.models.config import load_config_file
     from norton_jax.models.dual_encoder import init_model
     from norton_jax.train import resolve_store, say, train_and_evaluate
+    from norton_jax.training.validate import validate_config
 
     t0 = time.perf_counter()
     workdir = os.path.abspath(args.workdir)
-    if args.fresh and os.path.exists(workdir):
-        shutil.rmtree(workdir)
+    # Everything is checked before anything in --workdir is removed.
     config = load_config_file(args.config)
     if args.steps is not None:
         config.train.steps = args.steps
+    validate_config(config)
+    prepare_workdir(workdir, fresh=args.fresh)
     store = resolve_store(config)
     say(f"corpus: {store}")
 
@@ -92,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
 
     say(f"training {config.train.steps} steps ({args.config}) in {workdir}/train")
     train_summary = train_and_evaluate(config, os.path.join(workdir, "train"))
+    if train_summary.get("interrupted"):
+        signum = train_summary.get("signal") or 15
+        say(f"training was interrupted at step {train_summary['step']}; rerun the same command to resume")
+        return cli.interrupted_exit_code(signum)
     trained = build_pretrained(os.path.join(workdir, "train"), config.model)
     say("evaluating the trained model")
     after = evaluate_all(trained, store, os.path.join(workdir, "eval_trained"))
@@ -143,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m norton_jax.demo"))

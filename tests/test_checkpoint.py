@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from norton_jax.checkpoint import Checkpointer
+from norton_jax.checkpoint import Checkpointer, CheckpointSaveError
 from norton_jax.models import (
     DualEncoder,
     ModelConfig,
@@ -164,7 +164,8 @@ def test_unfinalised_checkpoint_is_not_restored(tmp_path, monkeypatch):
         raise RuntimeError("simulated crash before finalisation")
 
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    # The failure comes back as one CheckpointSaveError naming the step, with orbax's reason.
+    with pytest.raises(CheckpointSaveError, match="could not save checkpoint step 2 .*simulated crash"):
         with Checkpointer(tmp_path, max_to_keep=5, enable_async=False) as ckpt:
             ckpt.save(2, params={"w": good["w"] * 5}, rng=jax.random.key(9))
     monkeypatch.undo()

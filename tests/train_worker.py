@@ -3,8 +3,15 @@
     python tests/train_worker.py mesh OUT.json                  # 8 simulated devices
     python tests/train_worker.py step DEVICES OUT.npz           # 1 process, DEVICES devices
     python tests/train_worker.py dist PID NPROC PORT OUT.npz    # jax.distributed worker (2 devices)
+    python tests/train_worker.py failsave STEP TRAIN_FLAGS...   # the train CLI; saving STEP fails
 
 XLA_FLAGS must be set before JAX starts, hence the subprocesses.
+
+``failsave`` runs ``python -m norton_jax.train`` with ``TRAIN_FLAGS`` and makes the
+checkpoint folder unwritable just before step ``STEP`` is saved: ``chattr +i`` when run as
+root (root ignores permissions), ``chmod a-w`` otherwise; where neither is possible, the
+creation of the step's folder fails with ENOSPC (a full disk).  It prints the method used
+(``failsave-method: ...``) to stderr first.
 """
 
 import json
@@ -12,6 +19,47 @@ import os
 import sys
 
 mode = sys.argv[1]
+if mode == "failsave":
+    import errno
+    import subprocess
+
+    fail_step = int(sys.argv[2])
+    sys.argv = ["python -m norton_jax.train"] + sys.argv[3:]
+    from norton_jax import train
+    from norton_jax.checkpoint import Checkpointer
+
+    original_save = Checkpointer.save
+
+    def make_unwritable(path: str) -> str:
+        if os.geteuid() != 0:
+            os.chmod(path, 0o555)
+            return "chmod"
+        try:
+            if subprocess.run(["chattr", "+i", path], capture_output=True, timeout=30).returncode == 0:
+                return "chattr"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        from etils.epath import backend
+
+        original_makedirs = backend._OsPathBackend.makedirs
+
+        def full_disk(self, p, *args, **kwargs):
+            if f"{fail_step}.orbax-checkpoint-tmp" in os.fspath(p):
+                raise OSError(errno.ENOSPC, "No space left on device", os.fspath(p))
+            return original_makedirs(self, p, *args, **kwargs)
+
+        backend._OsPathBackend.makedirs = full_disk
+        return "enospc"
+
+    def save(self, step, **kwargs):
+        if int(step) == fail_step:
+            self.wait_until_finished()  # the previous step is written before the folder turns read-only
+            print(f"failsave-method: {make_unwritable(self.directory)}", file=sys.stderr, flush=True)
+        return original_save(self, step, **kwargs)
+
+    Checkpointer.save = save
+    train.run_absl_cli(train.main, "python -m norton_jax.train")
+    raise SystemExit("unreachable")
 if mode == "mesh":
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 elif mode == "step":

@@ -10,6 +10,10 @@ orbax checkpoint folder / training workdir.  ``--data``: the folder with the tas
 official files (``docs/finetuning.md``).  Any config field can be overridden with
 ``--config.<field>=value`` (ml_collections).  Progress goes to stderr, the summary JSON
 to stdout; see :mod:`norton_jax.finetune.trainer` for what the workdir holds.
+
+Exit statuses are those of :mod:`norton_jax.cli`: 0 done, 2 a user error (one ``error:``
+line; ``--debug`` shows the traceback), 3 non-finite loss, 143 / 130 stopped by SIGTERM /
+SIGINT after saving (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -20,18 +24,19 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from norton_jax.finetune.trainer import finetune  # noqa: E402
-# --config (a config file, here configs/finetune_*.py[:tiny]) and --workdir are the
+# --config (a config file, here configs/finetune_*.py[:tiny]), --workdir and --debug are the
 # pre-training CLI's flags, defined when norton_jax.train is imported.
-from norton_jax.train import config_and_workdir_from_flags  # noqa: E402
+from norton_jax.train import config_and_workdir_from_flags, exit_status, run_absl_cli  # noqa: E402
+
 _INIT = flags.DEFINE_string("init", None, "Pre-trained checkpoint to start from (.pt, .safetensors, orbax dir).")
 _DATA = flags.DEFINE_string("data", None, "Folder with the task's files (overrides config.data.dir).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest checkpoint on the test split.")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     del argv
     config, workdir = config_and_workdir_from_flags()
     if _INIT.value:
@@ -41,7 +46,8 @@ def main(argv: list[str]) -> None:
     summary = finetune(config, workdir, eval_only=_EVAL_ONLY.value)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
+    return exit_status(summary)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_absl_cli(main, "python -m norton_jax.finetune")

@@ -13,6 +13,13 @@ epoch) and at the end; ``metrics.jsonl`` + TensorBoard (train rows, and ``eval/*
 the test-split evaluations); ``eval_step<N>.json`` per evaluation; ``summary.json``.
 A restarted run with the same workdir resumes from the latest checkpoint: batches are a
 function of the step, so it continues exactly.
+
+The safety checks are those of pre-training (:mod:`norton_jax.train`): the config is
+validated first (:func:`~norton_jax.training.validate.validate_finetune_config`), resuming
+checks the geometry and skips damaged steps, ``config.json`` is written after those checks,
+``metrics.jsonl`` is cut back to the restored step, a failed save stops the run with one
+error, and SIGTERM / SIGINT save and stop with ``"signal"`` in the summary (the command
+then exits with ``128 + signal``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from norton_jax.checkpoint import Checkpointer, checkpoint_root
+from norton_jax.checkpoint import CheckpointError, Checkpointer, checkpoint_root
 from norton_jax.finetune.data import (
     COINBatches,
     CaptionBatches,
@@ -38,11 +45,12 @@ from norton_jax.finetune.data import (
     resolve_in,
 )
 from norton_jax.finetune.evaluate import evaluate_task, main_metric
-from norton_jax.finetune.losses import TASK_LOSSES, make_loss_fn
+from norton_jax.finetune.losses import make_loss_fn
 from norton_jax.models.dual_encoder import DualEncoder, init_model
 from norton_jax.train import MetricLogger, _raise_if_non_finite, _StopRequested, _write_json_atomic
-from norton_jax.train import maybe_initialize_distributed
+from norton_jax.train import maybe_initialize_distributed, precheck_resume, restore_for_resume
 from norton_jax.train import say as train_say
+from norton_jax.training.validate import validate_finetune_config
 from norton_jax.training.step import (
     ModelParts,
     init_train_state,
@@ -136,16 +144,8 @@ def build_batches(config: ml_collections.ConfigDict, data_dir: str, num_devices:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Clear errors for the config fields the fine-tuning loop relies on."""
-    if config.get("task") not in TASK_LOSSES:
-        raise ValueError(f"config.task must be one of {sorted(TASK_LOSSES)}, got {config.get('task')!r}")
-    num_labels = int(config.model.get("num_labels", 0))
-    if config.task == "coin" and num_labels < 2:
-        raise ValueError("config.model.num_labels must be the COIN class count (779) for task 'coin'")
-    if config.task != "coin" and num_labels:
-        raise ValueError(f"config.model.num_labels={num_labels}: only the 'coin' task has a classifier")
-    if not config.data.get("dir"):
-        raise ValueError("no data folder: pass --data DIR (or set config.data.dir)")
+    """One :class:`~norton_jax.cli.ConfigError` listing every bad field the loop relies on."""
+    validate_finetune_config(config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,17 +178,27 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     data_dir = os.path.expanduser(config.data.dir)
-    if is_main and not eval_only:
-        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-
-    mesh = make_mesh()
-    num_devices = mesh.devices.size
-    model = init_model(config.model, seed=int(config.train.seed))
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=int(config.train.keep_checkpoints),
-        model_config=model.config,
+        model_config=config.model,
     )
+    try:
+        return _finetune(config, workdir, ckpt, data_dir, is_main, eval_only)
+    finally:
+        try:
+            ckpt.close()
+        except CheckpointError:
+            pass  # already raised (or superseded by the error being raised) in _finetune
+
+
+def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, Any]:
+    if not eval_only:
+        ckpt.check_writable()
+    precheck_resume(ckpt, config.model)
+    mesh = make_mesh()
+    num_devices = mesh.devices.size
+    model = init_model(config.model, seed=int(config.train.seed))
     resumed = ckpt.latest_step() is not None
     if not resumed and config.train.get("init_checkpoint"):
         say(f"initialised from {load_init(model, config.train.init_checkpoint, seed=int(config.train.seed))}")
@@ -202,16 +212,22 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool
     parts, trainable = split_model(model, config.train.trainable)
     state = init_train_state(trainable, tx, int(config.train.seed))
     if resumed:
-        restored = ckpt.restore(params=nnx.state(model, nnx.Param), opt_state=state.opt_state, rng=state.rng)
+        restored = restore_for_resume(ckpt, model_config=model.config, params=nnx.state(model, nnx.Param),
+                                      opt_state=state.opt_state, rng=state.rng, report=say,
+                                      set_aside=not eval_only)
         nnx.update(model, restored.params)
         parts, trainable = split_model(model, config.train.trainable)
         state = state._replace(step=jnp.asarray(restored.step, jnp.int32), trainable=trainable,
                                opt_state=restored.opt_state, rng=restored.rng)
         say(f"{'evaluating' if eval_only else 'resumed from'} step {restored.step} of {workdir}")
+    if is_main and not eval_only:  # only now: a failed resume check leaves config.json as it was
+        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
     parts = ModelParts(parts.graphdef, replicate(parts.frozen, mesh), replicate(parts.rest, mesh))
     live = {"state": replicate(state, mesh)}  # the current TrainState (donated each step)
-    logger = MetricLogger(workdir, enabled=is_main)
+    start = int(live["state"].step)
+    # Training cuts metrics.jsonl back to the restored step; evaluation only appends its rows.
+    logger = MetricLogger(workdir, enabled=is_main, start_step=None if eval_only else start)
     evaluations: dict[int, dict[str, Any]] = {}
 
     def evaluate(step: int) -> None:
@@ -233,7 +249,6 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool
                   rng=live["state"].rng, extra={"task": config.task, "epoch": step / steps_per_epoch},
                   force=True)
 
-    start = int(live["state"].step)
     step = start
     stop = _StopRequested()
     try:
@@ -245,19 +260,28 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool
             train_step = make_train_step(parts, tx, mesh, loss_fn=make_loss_fn(config.task))
             step = _train_loop(config, live, train_step, mesh, schedule, batches, total, save, evaluate,
                                logger, stop, is_main)
+            ckpt.wait_until_finished()  # the last save must have been written before evaluating it
             if config.eval.at_end and step == total and step not in evaluations:
                 evaluate(step)
+    except BaseException as exc:
+        try:  # let pending writes finish; the error being raised is the one to report
+            ckpt.wait_until_finished()
+        except CheckpointError as err:
+            if err is not exc:
+                say(f"also: {err}")
+        raise
     finally:
-        ckpt.wait_until_finished()
-        ckpt.close()
         logger.close()
+    ckpt.wait_until_finished()
+    latest = ckpt.latest_step()
     summary = {
         "task": config.task,
         "step": step,
         **({} if eval_only else {"total_steps": total, "steps_per_epoch": steps_per_epoch}),
         "workdir": workdir,
-        "checkpoint": os.path.join(workdir, "checkpoints", str(step)),
+        "checkpoint": None if latest is None else os.path.join(workdir, "checkpoints", str(latest)),
         "interrupted": bool(stop.requested),
+        "signal": stop.signum if stop.requested else None,
         "eval": {s: r["metrics"] for s, r in sorted(evaluations.items())},
     }
     if is_main:

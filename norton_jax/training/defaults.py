@@ -71,7 +71,8 @@ def data_config() -> ConfigDict:
         dict(
             store="",  # feature-store directory (data_pipeline)
             split="train",
-            build_if_missing="",  # e.g. "youcook2-mnc": build the embedded corpus there
+            build_if_missing="",  # e.g. "youcook2-mnc": build the embedded corpus if the store is missing,
+            build_anywhere=False,  # ... only into its default folder unless this is True
             videos_per_device=64,  # V_b: 64 videos x 16 clips = 1024 clips per device
             seed=0,
             num_parallel_calls=-1,
