@@ -455,6 +455,18 @@ class Checkpointer:
             raise self._save_failed(self._pending, err) from err
         self._pending, self._pending_ops = None, set()
 
+    def finish_after_error(self, error: BaseException, report: Any) -> None:
+        """Lets pending saves finish while ``error`` is being raised by the caller.
+
+        A save failure found here is passed to ``report`` (one line, ``"also: ..."``)
+        unless it *is* ``error``: the error already on its way up stays the one reported.
+        """
+        try:
+            self.wait_until_finished()
+        except CheckpointError as err:
+            if err is not error:
+                report(f"also: {err}")
+
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources.
 

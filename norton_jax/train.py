@@ -498,11 +498,7 @@ def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, s
                     say(f"stopped at step {step} on request; resume with the same --workdir")
                     break
     except BaseException as exc:
-        try:  # let pending writes finish; the error being raised is the one to report
-            ckpt.wait_until_finished()
-        except CheckpointError as err:
-            if err is not exc:
-                say(f"also: {err}")
+        ckpt.finish_after_error(exc, report=say)
         raise
     finally:
         logger.close()

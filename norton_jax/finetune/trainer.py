@@ -264,11 +264,7 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
             if config.eval.at_end and step == total and step not in evaluations:
                 evaluate(step)
     except BaseException as exc:
-        try:  # let pending writes finish; the error being raised is the one to report
-            ckpt.wait_until_finished()
-        except CheckpointError as err:
-            if err is not exc:
-                say(f"also: {err}")
+        ckpt.finish_after_error(exc, report=say)
         raise
     finally:
         logger.close()
