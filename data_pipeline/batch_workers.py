@@ -58,26 +58,38 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def sample_stored_video(store: FeatureStore, sampling: dict[str, int], epoch: int,
+                        position: int) -> dict[str, np.ndarray]:
+    """The ``K`` sampled clips of video ``position`` in ``epoch`` (every field of ``ROW_KEYS``).
+
+    ``sampling``: ``seed, clips_per_video (K), max_len, max_video_len``.  The clips come from
+    :func:`~data_pipeline.sampling.sample_video` with the Generator
+    :func:`~data_pipeline.sampling.video_rng` ``(seed, epoch, position)``, so they depend on
+    these three numbers only.
+    """
+    position = int(position)
+    k = sampling["clips_per_video"]
+    rec = store[position]
+    clips = sample_video(rec.features, rec.starts, rec.ends, rec.tokens,
+                         video_rng(sampling["seed"], epoch, position), clips_per_video=k,
+                         max_len=sampling["max_len"], max_video_len=sampling["max_video_len"])
+    clips["video_index"] = np.full((k,), position, np.int32)
+    return clips
+
+
 def fill_batch(store: FeatureStore, sampling: dict[str, int], epoch: int, positions: np.ndarray,
                out: dict[str, np.ndarray]) -> None:
     """Samples videos ``positions`` (int [V]) of ``epoch`` into the flat batch arrays ``out``.
 
-    ``sampling``: ``seed, clips_per_video (K), max_len, max_video_len``.  ``out[key]`` is
-    ``[V*K, ...]``; rows ``v*K .. v*K+K-1`` get video ``positions[v]``, sampled by
-    :func:`~data_pipeline.sampling.sample_video` with the Generator
-    :func:`~data_pipeline.sampling.video_rng` ``(seed, epoch, position)``.
+    ``out[key]`` is ``[V*K, ...]``; rows ``v*K .. v*K+K-1`` get
+    :func:`sample_stored_video` of ``positions[v]``.
     """
     k = sampling["clips_per_video"]
     for v, pos in enumerate(positions):
-        rec = store[int(pos)]
-        clips = sample_video(rec.features, rec.starts, rec.ends, rec.tokens,
-                             video_rng(sampling["seed"], epoch, int(pos)), clips_per_video=k,
-                             max_len=sampling["max_len"], max_video_len=sampling["max_video_len"])
+        clips = sample_stored_video(store, sampling, epoch, pos)
         rows = slice(v * k, (v + 1) * k)
-        out["video_index"][rows] = pos
         for key in ROW_KEYS:
-            if key != "video_index":
-                out[key][rows] = clips[key]
+            out[key][rows] = clips[key]
 
 
 def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
@@ -283,15 +295,12 @@ class BatchWorkers:
             self._finalizer()
 
     def run(self, tasks: Iterator[tuple[int, np.ndarray]],
-            out_shapes: Optional[dict[str, Sequence[int]]] = None, *,
-            copy: bool = True) -> Iterator[dict[str, np.ndarray]]:
+            out_shapes: Optional[dict[str, Sequence[int]]] = None) -> Iterator[dict[str, np.ndarray]]:
         """Batches for ``tasks`` in order, reshaped to ``out_shapes`` if given.
 
-        ``copy=True``: fresh arrays.  ``copy=False``: views of the shared-memory slot, valid
-        only until the generator is resumed (for a caller that copies at once; not for
-        ``tf.data.Dataset.from_generator``, which may keep the arrays it is given without
-        copying them).  A later call supersedes an unfinished earlier one (its pending tasks
-        are dropped).
+        The arrays are never overwritten while anyone holds them (:meth:`_output_buffers`);
+        ``tf.data.Dataset.from_generator`` may keep them without copying.  A later call
+        supersedes an unfinished earlier one (its pending tasks are dropped).
         """
         shapes = out_shapes or self.shapes
         if not self.num_workers:
@@ -332,17 +341,11 @@ class BatchWorkers:
                 self._free.append(slot)
                 raise err
             wanted += 1
-            if copy:
-                batch = self._output_buffers(shapes)
-                for key in ROW_KEYS:
-                    np.copyto(batch[key], self._slots[slot][key].reshape(shapes[key]))
-                self._free.append(slot)
-                yield batch
-            else:
-                try:
-                    yield {key: self._slots[slot][key].reshape(shapes[key]) for key in ROW_KEYS}
-                finally:  # the caller has taken (copied) the views: the slot is free again
-                    self._free.append(slot)
+            batch = self._output_buffers(shapes)
+            for key in ROW_KEYS:
+                np.copyto(batch[key], self._slots[slot][key].reshape(shapes[key]))
+            self._free.append(slot)
+            yield batch
 
     def _output_buffers(self, shapes: dict[str, Sequence[int]]) -> dict[str, np.ndarray]:
         """Arrays to copy a finished slot into: a recycled set nobody else holds, else new ones.

@@ -42,9 +42,10 @@ from typing import Callable, Iterator, Optional, Union
 import numpy as np
 
 from data_pipeline import fileio
-from data_pipeline.batch_workers import ROW_DTYPES, ROW_KEYS, BatchWorkers, available_cores
+from data_pipeline.batch_workers import (ROW_DTYPES, ROW_KEYS, BatchWorkers, available_cores,
+                                         sample_stored_video)
 from data_pipeline.feature_store import FeatureStore
-from data_pipeline.sampling import CLIPS_PER_VIDEO, sample_video, video_rng
+from data_pipeline.sampling import CLIPS_PER_VIDEO
 from data_pipeline.tf_utils import import_tensorflow
 from data_pipeline.tokenization import MAX_LEN, MAX_VIDEO_LEN
 
@@ -133,6 +134,8 @@ class TrainIterator:
             self._epoch, self._step = int(state["epoch"]), int(state["step"])
         self._it: Optional[Iterator] = None
         self._workers: Optional[BatchWorkers] = None
+        self._sampling = {"seed": cfg.seed, "clips_per_video": cfg.clips_per_video, "max_len": cfg.max_len,
+                          "max_video_len": cfg.max_video_len}
         #: Optional ``order_fn(epoch) -> int64 [steps_per_epoch * videos_per_host]``: this
         #: host's video positions for ``epoch`` (e.g. hard-negative batches), replacing the
         #: shuffled order. Called at the start of each epoch, when that epoch's first batch
@@ -170,14 +173,8 @@ class TrainIterator:
 
     # ------------------------------------------------------------------ data
     def load_video(self, epoch: int, position: int) -> dict[str, np.ndarray]:
-        """Sampled clips of video ``position`` in ``epoch`` (numpy; used inside tf.data)."""
-        c = self.config
-        rec = self.store[int(position)]
-        out = sample_video(rec.features, rec.starts, rec.ends, rec.tokens,
-                           video_rng(c.seed, epoch, position), clips_per_video=c.clips_per_video,
-                           max_len=c.max_len, max_video_len=c.max_video_len)
-        out["video_index"] = np.full((c.clips_per_video,), position, np.int32)
-        return out
+        """Sampled clips of video ``position`` in ``epoch``: the rows a batch holds for it."""
+        return sample_stored_video(self.store, self._sampling, epoch, position)
 
     def as_dataset(self):
         """The ``tf.data.Dataset`` of batches, starting at the current position.
@@ -194,16 +191,14 @@ class TrainIterator:
         if self._workers is None:
             flat = {key: (self.videos_per_host * c.clips_per_video, *shape[2 if c.layout == "device" else 1:])
                     for key, shape in shapes.items()}
-            sampling = {"seed": c.seed, "clips_per_video": c.clips_per_video, "max_len": c.max_len,
-                        "max_video_len": c.max_video_len}
             workers = available_cores() if c.num_workers is None else c.num_workers
             if fileio.is_url(self.store.store_dir) and self.store.store_dir.startswith("ram://"):
                 workers = 0  # TF's in-memory filesystem exists only inside this process
-            self._workers = BatchWorkers(self.store, sampling, flat, num_workers=workers, prefetch=c.prefetch)
+            self._workers = BatchWorkers(self.store, self._sampling, flat, num_workers=workers, prefetch=c.prefetch)
         signature = {key: tf.TensorSpec(shape, tf.as_dtype(ROW_DTYPES[key])) for key, shape in shapes.items()}
-        self._epoch_at_start = self._epoch
         first_order = self.epoch_order(self._epoch)
-        ds = tf.data.Dataset.from_generator(lambda: self._workers.run(self._tasks(first_order), shapes),
+        tasks = self._tasks(self._epoch, self._step, first_order)
+        ds = tf.data.Dataset.from_generator(lambda: self._workers.run(tasks, shapes),
                                             output_signature=signature)
         ds = ds.prefetch(self.config.prefetch)
         opts = tf.data.Options()
@@ -223,15 +218,15 @@ class TrainIterator:
         return host_video_order(len(self.store), epoch, seed=c.seed, process_index=c.process_index,
                                 process_count=c.process_count, videos_per_host=self.videos_per_host)
 
-    def _tasks(self, first_order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """(epoch, positions [videos_per_host]) of every batch from the current position on.
+    def _tasks(self, epoch: int, step: int, first_order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(epoch, positions [videos_per_host]) of every batch from ``(epoch, step)`` on.
 
-        ``first_order`` is :meth:`epoch_order` of the current epoch, computed by the caller
-        (in the thread that asks for batches, not in a tf.data thread)."""
+        ``first_order`` is :meth:`epoch_order` of ``epoch``, computed by the caller (in the
+        thread that asks for batches, not in a tf.data thread)."""
         c = self.config
-        epoch, step = self._epoch, self._step
+        first_epoch = epoch
         while c.num_epochs is None or epoch < c.num_epochs:
-            order = first_order if epoch == self._epoch_at_start else self.epoch_order(epoch)
+            order = first_order if epoch == first_epoch else self.epoch_order(epoch)
             order = order.reshape(self.steps_per_epoch, self.videos_per_host)
             for s in range(step, self.steps_per_epoch):
                 yield epoch, order[s]
