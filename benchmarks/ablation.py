@@ -57,7 +57,9 @@ from typing import Any, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()
 
 import numpy as np  # noqa: E402
 

@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -6,11 +6,21 @@ import os
 _DONE = False
 
 
+def configure_tensorflow_environment() -> None:
+    """Set TensorFlow's environment before it loads (the one place that does; a user's values win).
+
+    ``TF_CPP_MIN_LOG_LEVEL=2`` hides TensorFlow's C++ info/warning lines; ``TF_ENABLE_ONEDNN_OPTS=0``
+    because TF here only runs tf.data and summaries, never math worth oneDNN's start-up.
+    Call it at the top of an entry point, before anything imports TensorFlow.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def import_tensorflow():
     """Import TensorFlow with every GPU hidden from it (``tf.config.set_visible_devices([], "GPU")``)."""
     global _DONE
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # tf.data only: no TF math to speed up
+    configure_tensorflow_environment()
     import tensorflow as tf
 
     if not _DONE:

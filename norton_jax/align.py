@@ -679,7 +679,9 @@ def read_features(path: PathLike, feature_dim: int | None = None) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     from norton_jax import cli  # noqa: PLC0415
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: PLC0415
+
+    configure_tensorflow_environment()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from norton_jax.evaluate.run import Encoder, check_writable, load_model, write_json  # noqa: PLC0415

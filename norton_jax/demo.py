@@ -31,8 +31,9 @@ import time
 
 from norton_jax import cli
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()
 
 TASKS = ("youcook2_clip", "youcook2_paragraph", "htm_align")
 # (task, metric key path, label) rows of the summary table.

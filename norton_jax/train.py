@@ -44,8 +44,9 @@ import json
 import os
 import threading
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow (tf.data, TensorBoard) loads
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only runs tf.data and summaries here
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()  # before TensorFlow (tf.data, TensorBoard) loads
 import signal
 import sys
 import time

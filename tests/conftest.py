@@ -2,7 +2,9 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -66,7 +66,9 @@ elif mode == "step":
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(sys.argv[2])}"
 elif mode == "dist":
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
+
+configure_tensorflow_environment()
 
 import jax  # noqa: E402
 
