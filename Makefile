@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test test-slow test-all demo clean
 
 install: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The default suite (under 20 minutes on 2 cores); the checks marked `slow` (multi-process,
+# full training runs, the ablation smoke) run in `make test-slow`; CI runs both.
 test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install

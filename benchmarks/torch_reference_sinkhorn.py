@@ -29,17 +29,22 @@ def log_sinkhorn_iterations(
 
 
 class TorchSinkhorn:
-    """Holds float32 CPU tensors of one problem set; ``__call__`` returns the plan tensor."""
+    """Holds float32 tensors (CPU or ``device``) of one problem set; ``__call__`` returns the plan tensor."""
 
-    def __init__(self, scores: np.ndarray, a: np.ndarray, b: np.ndarray, epsilon: float, iters: int):
+    def __init__(self, scores: np.ndarray, a: np.ndarray, b: np.ndarray, epsilon: float, iters: int,
+                 device: str = "cpu"):
         # Z = S / eps is part of the timed work in the JAX variants, so it is here too.
-        self.scores = torch.from_numpy(np.array(scores, np.float32))  # [..., M, N]
-        self.log_a = torch.from_numpy(np.log(np.asarray(a, np.float32)))  # [..., M]
-        self.log_b = torch.from_numpy(np.log(np.asarray(b, np.float32)))  # [..., N]
+        self.device = torch.device(device)
+        self.scores = torch.from_numpy(np.array(scores, np.float32)).to(self.device)  # [..., M, N]
+        self.log_a = torch.from_numpy(np.log(np.asarray(a, np.float32))).to(self.device)  # [..., M]
+        self.log_b = torch.from_numpy(np.log(np.asarray(b, np.float32))).to(self.device)  # [..., N]
         self.epsilon = float(epsilon)
         self.iters = int(iters)
 
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         log_plan = log_sinkhorn_iterations(self.scores / self.epsilon, self.log_a, self.log_b, self.iters)
-        return log_plan.exp()
+        plan = log_plan.exp()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the timed work ends when the GPU is done
+        return plan

@@ -14,8 +14,19 @@
    PyTorch run, and the size of the dense ``[B, B, T, F]`` float32 tensor that the
    reference materialises (three times: products, masked, exp).
 
-``--quick`` shrinks the paper geometry to B = 256 (same token counts and d) and uses fewer
-repeats.
+3. ``full_step``: one jitted train step at the paper's *model* geometry (configs/pretrain.py:
+   768-d, 12 text / 6 video layers, LayerNorm-only training; both encoders, Norton's loss,
+   backward, clipping, Adam) against the reference's step in PyTorch on the same inputs and
+   weights (``benchmarks/train_step_full.py``): medians of repeated steps, both losses,
+   ``speedup_vs_torch`` and ``peak_memory_ratio`` (ours / torch, peak RSS growth over the
+   steps on both sides) plus XLA's compiled memory.  4 videos (64 clips) per step, 2 with
+   ``--quick``; dropout off on both sides so that the losses compare.
+4. ``compiled_memory``: XLA's compiled (not executed) memory of the full step at 16, 32 and
+   64 videos per device, float32 / bfloat16 encoders, with / without ``model.remat``
+   (docs/hardware.md's table); ``--quick`` compiles the 64-video rows only.
+
+``--quick`` shrinks the paper loss geometry to B = 256 (same token counts and d) and uses
+fewer repeats.  ``--sections`` runs a subset (comma-separated section names).
 """
 
 from __future__ import annotations
@@ -181,25 +192,71 @@ def paper_loss(b: int, repeats: int) -> dict:
     }
 
 
+SECTIONS = ("tiny_train_step", "paper_loss", "full_step", "compiled_memory")
+
+
+def compiled_memory_table(videos_list: tuple[int, ...]) -> dict:
+    """Compiled memory of the full step per videos/device, encoder dtype and remat."""
+    import train_step_full
+
+    rows = []
+    for videos in videos_list:
+        for dtype in ("float32", "bfloat16"):
+            for remat in (False, True):
+                rows.append(train_step_full.compiled_memory(videos, dtype, remat))
+                print(f"compiled_memory: {videos} videos {dtype} remat={remat}: "
+                      f"{rows[-1]['peak_gb']:.2f} GB ({rows[-1]['compile_s']:.0f} s)", file=sys.stderr, flush=True)
+    return {"source": f"XLA {jax.devices()[0].platform} compilation (memory_analysis), not a device run",
+            "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="")
     parser.add_argument("--store", default="data/build/youcook2-mnc",
                         help="feature store for the pipeline-vs-train ratio (skipped if missing)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of: " + ", ".join(SECTIONS))
+    parser.add_argument("--memory-videos", default="",
+                        help="videos per device of the compiled_memory rows (default 16,32,64; --quick: 64)")
     args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
     repeats = 3 if args.quick else 5
-    tiny = tiny_train_step(repeats * 2)
     report = {
         "device": str(jax.devices()[0]), "num_devices": jax.device_count(), "jax": jax.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count(), "quick": args.quick,
-        "tiny_train_step": tiny,
-        "pipeline_vs_train": (pipeline_vs_train(args.store, tiny["sequences_per_s"], 10 if args.quick else 30)
-                              if os.path.exists(os.path.join(args.store, "train.index.json")) else None),
-        # One timed repeat at B = 1024: each loss+gradient is minutes on a 2-core CPU.
-        "paper_loss": paper_loss(256 if args.quick else 1024, 3 if args.quick else 1),
-        "paper_geometry_memory": paper_geometry_memory(1024),
+        "command": " ".join(["python", *sys.argv]),
     }
+    def save() -> None:  # after every section: a partial report survives an interruption
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                f.write(json.dumps(report, indent=2) + "\n")
+
+    if "tiny_train_step" in sections:
+        tiny = report["tiny_train_step"] = tiny_train_step(repeats * 2)
+        report["pipeline_vs_train"] = (
+            pipeline_vs_train(args.store, tiny["sequences_per_s"], 10 if args.quick else 30)
+            if os.path.exists(os.path.join(args.store, "train.index.json")) else None)
+        save()
+    if "paper_loss" in sections:
+        # One timed repeat at B = 1024: each loss+gradient is minutes on a 2-core CPU.
+        report["paper_loss"] = paper_loss(256 if args.quick else 1024, 3 if args.quick else 1)
+        report["paper_geometry_memory"] = paper_geometry_memory(1024)
+        save()
+    if "full_step" in sections:
+        import train_step_full
+
+        report["full_step"] = train_step_full.full_step(2 if args.quick else 4, repeats)
+        save()
+    if "compiled_memory" in sections:
+        videos = (tuple(int(v) for v in args.memory_videos.split(",")) if args.memory_videos
+                  else (64,) if args.quick else (16, 32, 64))
+        report["compiled_memory"] = compiled_memory_table(videos)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

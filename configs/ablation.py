@@ -17,10 +17,11 @@ Row names are case-insensitive (``configs/ablation.py:tempclr`` works).  The ful
 is ``python benchmarks/ablation.py`` (``results/ablation.md``).
 """
 
-import importlib.util
 import os
 
 from ml_collections import ConfigDict
+
+from norton_jax.models.config import load_config_file
 
 ROWS = {
     "A": dict(beta=0.0, weight=0.0),
@@ -40,11 +41,7 @@ _BY_UPPER = {name.upper(): name for name in ROWS}
 
 
 def _tiny():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("norton_configs_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))
 
 
 def get_config(row: str = "J") -> ConfigDict:

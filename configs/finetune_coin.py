@@ -23,6 +23,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.model = ft.paper_model(num_labels=779)
     config.optim = ft.optim_config()
     config.train = ft.train_config(epochs=8, videos_per_device=1)
+    # "global": the loss sees the whole batch on any number of devices (the authors: one GPU);
+    # "local": each device's shard only (norton_jax.finetune.losses)
+    config.train.negatives = "global"
     config.data = ConfigDict(
         dict(
             dir="",  # --data

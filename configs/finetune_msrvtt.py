@@ -22,6 +22,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.model = ft.paper_model()
     config.optim = ft.optim_config()
     config.train = ft.train_config(epochs=15, batch_size=512)
+    # "global": the loss sees the whole batch on any number of devices (the authors: one GPU);
+    # "local": each device's shard only (norton_jax.finetune.losses)
+    config.train.negatives = "global"
     config.data = ft.msrvtt_data_config(train_list="MSRVTT_train.9k.csv", max_video_len=32)
     config.eval = ft.eval_config("MSRVTT_JSFUSION_test.csv")
     if arg == "tiny":

@@ -17,6 +17,7 @@ Functions::
     read_range(path, offset, n) n bytes at offset: one ranged read, through a cache of open handles
     RangeReader                 such a cache with its own lifetime (one per FeatureStore)
     atomic_write_json, read_json, write_bytes, read_bytes
+    json_ready                  numpy values -> Python numbers/lists (NaN -> null on request)
 
 Atomicity: :func:`replace` is ``os.replace`` on local disks (atomic).  On an object store
 (``gs://``) a rename is a server-side copy followed by a delete of the source: the
@@ -351,9 +352,37 @@ def _tmp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def atomic_write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as JSON to a temporary name, then rename it to ``path`` (see :func:`replace`)."""
+def json_ready(obj: Any, *, nan_as_null: bool = False) -> Any:
+    """``obj`` with numpy scalars and arrays as Python numbers and lists (tuples as lists);
+    with ``nan_as_null`` every non-finite float (NaN, inf) becomes ``None`` (JSON null)."""
+    import math
+
+    import numpy as np
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            o = o.tolist()
+        elif isinstance(o, np.generic):
+            o = o.item()
+        if isinstance(o, float):
+            return None if nan_as_null and not math.isfinite(o) else o
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return clean(obj)
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None, nan_as_null: bool = False) -> None:
+    """Write ``obj`` as JSON to a temporary name, then rename it to ``path`` (see :func:`replace`).
+
+    numpy scalars and arrays are written as numbers and lists (:func:`json_ready`);
+    ``nan_as_null`` writes non-finite floats as ``null`` (strict JSON) instead of ``NaN``.
+    """
     path = _str(path)
+    obj = json_ready(obj, nan_as_null=nan_as_null)
     tmp = _tmp_name(path)
     try:
         with open(tmp, "w") as fh:

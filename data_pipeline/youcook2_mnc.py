@@ -46,7 +46,7 @@ from data_pipeline.feature_store import FEATURE_DIM, FeatureStoreWriter, VideoRe
 from data_pipeline.tokenization import tokenize_captions
 
 NAME = "youcook2-mnc"
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: embeddings rounded to float16 on every path (cold/warm/no cache)
 SPLITS = {"train": "training", "val": "validation"}
 FILLERS = ("um", "uh", "so", "okay", "you know", "like", "basically", "alright", "right",
            "now", "just", "actually", "i mean", "and then", "let's see")
@@ -173,7 +173,13 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _embed_with_cache(sentences: list[str], cache_dir: Optional[str], progress: bool) -> np.ndarray:
-    """MiniLM embeddings [n, 384] float32, cached as float16 keyed by the sentence list."""
+    """MiniLM embeddings [n, 384], cached as float16 keyed by the sentence list.
+
+    Every path returns the float16-rounded values (as float32): a fresh encoding is rounded the
+    way the cache stores it, so a build with a cold cache, a warm cache or no cache gets the same
+    bytes (a float32 embedding differing from its cached float16 copy flipped the last bit of
+    about a fifth of the float16 features).
+    """
     from data_pipeline import minilm
 
     key = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:20]
@@ -183,14 +189,14 @@ def _embed_with_cache(sentences: list[str], cache_dir: Optional[str], progress: 
             emb = np.load(fh, allow_pickle=False).astype(np.float32)
         if emb.shape == (len(sentences), minilm.HIDDEN):
             return emb
-    emb = minilm.encode(sentences, progress=progress)
+    emb16 = minilm.encode(sentences, progress=progress).astype(np.float16)
     if path:
         fileio.makedirs(cache_dir)
         tmp = f"{path}.tmp-{os.getpid()}.npy"
         with fileio.open(tmp, "wb") as fh:
-            np.save(fh, emb.astype(np.float16))
+            np.save(fh, emb16)
         fileio.replace(tmp, path)
-    return emb
+    return emb16.astype(np.float32)
 
 
 def build(out_dir: str, config: MNCConfig = MNCConfig(), *, data_root: Optional[str] = None,

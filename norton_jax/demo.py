@@ -1,6 +1,6 @@
 """The main job on the embedded default data (``make demo``).
 
-    python -m norton_jax.demo [--workdir workdir/demo] [--steps 300] [--fresh] [--debug]
+    python -m norton_jax.demo [--workdir workdir/demo] [--steps 300] [--store DIR] [--fresh] [--debug]
 
 1. Builds (first run) or reuses the embedded ``youcook2-mnc`` corpus: YouCookII step
    sentences turned into per-second features, with noisy narration (asynchronous caption
@@ -107,11 +107,30 @@ def evaluate_all(model, store: str, out_dir: str) -> dict:
     return results
 
 
+def demo_config(path: str, *, steps: int | None = None, store: str | None = None):
+    """The demo's training config: ``path`` with ``--steps`` and ``--store`` applied.
+
+    ``store``: the corpus folder (absolute), built there on first use
+    (``data.build_anywhere``), e.g. a fresh folder to check that a build reproduces.
+    """
+    from norton_jax.models.config import load_config_file
+
+    config = load_config_file(path)
+    if steps is not None:
+        config.train.steps = steps
+    if store is not None:
+        config.data.store = os.path.abspath(store)
+        config.data.build_anywhere = True
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="workdir/demo")
     parser.add_argument("--config", default="configs/tiny.py")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--store", default=None,
+                        help="corpus folder (default: the config's data.store); built there if missing")
     parser.add_argument("--fresh", action="store_true",
                         help="remove the demo's earlier outputs in --workdir first (only what the demo wrote)")
     cli.add_debug_flag(parser)
@@ -124,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from norton_jax import demo_align, export_torch
     from norton_jax.import_torch import build_pretrained
-    from norton_jax.models.config import load_config_file
     from norton_jax.models.dual_encoder import init_model
     from norton_jax.train import resolve_store, say, train_and_evaluate
     from norton_jax.training.validate import validate_config
@@ -132,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     workdir = os.path.abspath(args.workdir)
     # Everything is checked before anything in --workdir is removed.
-    config = load_config_file(args.config)
-    if args.steps is not None:
-        config.train.steps = args.steps
+    config = demo_config(args.config, steps=args.steps, store=args.store)
     validate_config(config)
     prepare_workdir(workdir, fresh=args.fresh)
     store = resolve_store(config)

@@ -28,9 +28,19 @@ The model geometry is stored as JSON in the safetensors metadata
 (`norton_jax_model_config`), so `torch_reference.load_torch_dual_encoder(file)` and
 `import_torch.build_pretrained(file)` need no config.
 
+The authors' layout (``--out m.pt``, :func:`save_fairseq_pt`): the fairseq checkpoint their
+scripts restore, ``{"model": {"mmmodel.<key>": tensor}}`` (spec §3.8) with exactly the keys
+of the reference ``MMFusionSeparate`` (``tests/fixtures/reference_encoders/checkpoint.pt``
+for its geometry): the keys above, the int64 ``position_ids`` buffers and the two BERT
+poolers, which our model has not and the reference forward never uses (written as zeros so
+that strict key matching loads the file).  It is a plain dict of tensors, loadable with
+``torch.load(..., weights_only=True)``; ``norton_jax.import_torch`` reads it back bit for
+bit (give the geometry with ``--config``: the fairseq layout has no place for it).
+
 Command line::
 
-    python -m norton_jax.export_torch --checkpoint CKPT_DIR --out model.safetensors [--step N]
+    python -m norton_jax.export_torch --checkpoint CKPT_DIR --out model.safetensors [--step N|best]
+    python -m norton_jax.export_torch --checkpoint CKPT_DIR --out checkpoint_best.pt   # fairseq
 
 It prints the step it exported (the latest unless ``--step`` is given) and the folder.
 """
@@ -51,7 +61,12 @@ from norton_jax.models.keys import params_to_state_dict
 
 METADATA_CONFIG_KEY = "norton_jax_model_config"
 
-__all__ = ["export_state_dict", "save_safetensors", "export_checkpoint", "main"]
+FAIRSEQ_PREFIX = "mmmodel."
+#: BERT poolers of the reference encoders (unused by its forward; zeros in our .pt exports).
+POOLER_KEYS = ("video_encoder.bert.pooler.dense", "text_encoder.pooler.dense")
+
+__all__ = ["export_state_dict", "fairseq_state_dict", "save_safetensors", "save_fairseq_pt",
+           "save_export", "export_checkpoint", "main"]
 
 
 def export_state_dict(
@@ -99,15 +114,62 @@ def save_safetensors(
             os.remove(tmp)
 
 
+def fairseq_state_dict(state_dict: dict[str, np.ndarray], model_config: ModelConfig | Any) -> dict[str, np.ndarray]:
+    """Our export -> the reference model's full state dict, keys prefixed ``mmmodel.``.
+
+    Adds the ``position_ids`` buffers (if missing) and zero poolers ``[H, H]`` / ``[H]``.
+    """
+    config = ModelConfig.from_any(model_config)
+    state = dict(state_dict)
+    ids = np.arange(config.max_position_embeddings, dtype=np.int64)[None]
+    state.setdefault("video_encoder.bert.embeddings.position_ids", ids)
+    state.setdefault("text_encoder.embeddings.position_ids", ids.copy())
+    h = config.hidden_size
+    for prefix in POOLER_KEYS:
+        state.setdefault(f"{prefix}.weight", np.zeros((h, h), np.float32))
+        state.setdefault(f"{prefix}.bias", np.zeros((h,), np.float32))
+    return {FAIRSEQ_PREFIX + k: state[k] for k in sorted(state)}
+
+
+def save_fairseq_pt(
+    state_dict: dict[str, np.ndarray],
+    path: str | os.PathLike,
+    model_config: ModelConfig | Any,
+) -> None:
+    """Writes ``{"model": fairseq_state_dict(...)}`` with ``torch.save`` (atomically)."""
+    import torch  # noqa: PLC0415
+
+    model = {k: torch.from_numpy(np.ascontiguousarray(v).copy())
+             for k, v in fairseq_state_dict(state_dict, model_config).items()}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    try:
+        torch.save({"model": model}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_export(state_dict: dict[str, np.ndarray], path: str | os.PathLike, model_config: ModelConfig | Any) -> None:
+    """By suffix: ``.pt`` -> :func:`save_fairseq_pt`, anything else -> :func:`save_safetensors`."""
+    if os.fspath(path).endswith(".pt"):
+        save_fairseq_pt(state_dict, path, model_config)
+    else:
+        save_safetensors(state_dict, path, model_config)
+
+
 def export_checkpoint(
     checkpoint_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    step: int | None = None,
+    step: int | str | None = None,
     config: ModelConfig | Any | None = None,
     include_position_ids: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Orbax checkpoint (see `norton_jax.checkpoint`) -> `.safetensors`; returns the state dict.
+    """Orbax checkpoint (see `norton_jax.checkpoint`) -> `.safetensors` (or, for an ``out``
+    ending in ``.pt``, the fairseq layout of :func:`save_fairseq_pt`); returns the state dict.
 
     Only the `params` item is read, onto the first local device. `config` is needed only
     when the checkpoint does not store its model config.
@@ -120,11 +182,12 @@ def _export(
     checkpoint_dir: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    step: int | None,
+    step: int | str | None,
     config: ModelConfig | Any | None,
     include_position_ids: bool,
-) -> tuple[dict[str, np.ndarray], int, str]:
-    """:func:`export_checkpoint` that also returns the step it read and the orbax folder."""
+) -> tuple[dict[str, np.ndarray], int, str, int]:
+    """:func:`export_checkpoint` that also returns the step it read, the orbax folder and the
+    number of tensors written."""
     from norton_jax.checkpoint import Checkpointer, checkpoint_root  # noqa: PLC0415
 
     checkpoint_dir = checkpoint_root(checkpoint_dir)  # a training workdir -> its checkpoints/
@@ -147,8 +210,9 @@ def _export(
         max_position_embeddings=config.max_position_embeddings,
     )
     _check_against_config(state, config, os.fspath(checkpoint_dir))
-    save_safetensors(state, out, config)
-    return state, int(restored.step), os.fspath(checkpoint_dir)
+    save_export(state, out, config)
+    written = len(fairseq_state_dict(state, config)) if os.fspath(out).endswith(".pt") else len(state)
+    return state, int(restored.step), os.fspath(checkpoint_dir), written
 
 
 def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, source: str) -> None:
@@ -168,35 +232,57 @@ def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, sou
             raise ValueError(f"{source}: parameter {key!r} has shape {got[key]}, config expects {shape}")
 
 
+def _parse_step(text: str) -> int | str | None:
+    """``--step``: :func:`norton_jax.checkpoint.parse_step` (integer, ``latest``, ``best``)."""
+    from norton_jax import checkpoint  # noqa: PLC0415
+
+    parse = getattr(checkpoint, "parse_step", None)  # agreed interface (H2); integers until it lands
+    if parse is not None:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    if text == "latest":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer step or 'latest', got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from norton_jax import cli  # noqa: PLC0415
     from norton_jax.evaluate.run import check_writable  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="python -m norton_jax.export_torch",
-        description="Export a norton-jax orbax checkpoint to a PyTorch .safetensors state dict.",
+        description="Export a norton-jax orbax checkpoint to a PyTorch .safetensors state dict "
+                    "or the authors' fairseq .pt checkpoint.",
         epilog="Prints the step and the checkpoint folder it exported.  A mistake (missing or damaged "
                "checkpoint, unknown --step, unwritable --out) prints one 'error:' line and exits with status 2.",
     )
     parser.add_argument("--checkpoint", required=True,
                         help="training workdir or its orbax checkpoints/ folder (norton_jax.checkpoint)")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
-    parser.add_argument("--step", type=int, default=None, help="step to export (default: latest)")
+    parser.add_argument("--out", required=True,
+                        help="output file: .safetensors, or .pt for the authors' fairseq layout "
+                             "{'model': {'mmmodel.<key>': tensor}}")
+    parser.add_argument("--step", type=_parse_step, default=None,
+                        help="step to export: an integer, 'latest' (default) or 'best'")
     parser.add_argument("--config", default=None, help="config file, only if the checkpoint has no model config")
     parser.add_argument("--include-position-ids", action="store_true", help="also write the position_ids buffers")
     cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if not args.out.endswith(".safetensors"):
-        parser.error(f"--out must end with .safetensors, got {args.out}")
+    if not args.out.endswith((".safetensors", ".pt")):
+        parser.error(f"--out must end with .safetensors (or .pt for the fairseq layout), got {args.out}")
     check_writable(args.out, "--out")
     config = load_config_file(args.config).model if args.config else None
-    state, step, root = _export(
+    state, step, root, written = _export(
         args.checkpoint, args.out, step=args.step, config=config,
         include_position_ids=args.include_position_ids,
     )
     n = sum(int(v.size) for k, v in state.items() if not k.endswith("position_ids"))
     print(f"exported step {step} of {root}")
-    print(f"wrote {args.out}: {len(state)} tensors, {n:,} parameters")
+    print(f"wrote {args.out}: {written} tensors, {n:,} parameters")
     return 0
 
 

@@ -10,6 +10,14 @@ Every matrix here is oriented ``[text (rows), video (columns)]`` like the refere
   max-token variant (ablation D).  It is computed chunk by chunk over the text clips, so
   the ``[B, B, words, frames]`` tensor is never materialised at once.
 * :func:`clip_similarity` - the fused similarity ``C`` that the video-paragraph OT uses.
+
+Every matmul takes ``precision`` (:data:`MATMUL_PRECISIONS`, passed as ``precision=`` to
+``jnp.matmul`` / ``jnp.einsum``): ``"high"`` by default (:data:`DEFAULT_MATMUL_PRECISION`).
+On CPUs all three compute float32.  On GPUs ``"default"`` and ``"high"`` round the operands
+to TF32 (10-bit mantissa, as the reference's float16 logits) and ``"highest"`` is float32;
+on TPUs ``"default"`` is one bfloat16 pass (7-bit mantissa), ``"high"`` three (about
+float32's accuracy on these [0, 1] cosines) and ``"highest"`` six (float32).  See
+docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -22,9 +30,21 @@ import jax.numpy as jnp
 from norton_jax.ot import check_static_positive, compute_dtype
 
 Array = jax.Array
+MatmulPrecision = Literal["default", "high", "highest"]
+MATMUL_PRECISIONS: tuple[str, ...] = ("default", "high", "highest")
+#: The reference computed its logits from float16 operands (fairseq ``--fp16``, trap T27):
+#: ``"high"`` keeps at least that mantissa on GPUs (TF32) and TPUs (3 bfloat16 passes).
+DEFAULT_MATMUL_PRECISION: MatmulPrecision = "high"
 FineGrained = Literal["reference", "paper"]
 TokenReduce = Literal["lse", "max"]
 ClipSimilarity = Literal["lse", "max", "mean"]
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`MATMUL_PRECISIONS`, else a ``ValueError`` naming it."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    return precision
 
 
 def l2_normalize(x: Array, axis: int = -1) -> Array:
@@ -44,13 +64,17 @@ def minmax_normalize(x: Array) -> Array:
     return (x - lo) / jnp.where(span > 0, span, 1.0)
 
 
-def mean_pooled_similarity(pooled_text: Array, pooled_video: Array) -> Array:
+def mean_pooled_similarity(
+    pooled_text: Array, pooled_video: Array, *, precision: MatmulPrecision = DEFAULT_MATMUL_PRECISION
+) -> Array:
     """Cosine similarity of pooled embeddings, ``[B_text, B_video]`` (spec 2.4.1).
 
     Args:
       pooled_text: ``[B_text, D]``; pooled_video: ``[B_video, D]``.
     """
-    return l2_normalize(pooled_text) @ l2_normalize(pooled_video).T
+    return jnp.matmul(
+        l2_normalize(pooled_text), l2_normalize(pooled_video).T, precision=check_precision(precision)
+    )
 
 
 def _fine_grained_one_text_clip(
@@ -62,9 +86,10 @@ def _fine_grained_one_text_clip(
     alpha: float,
     reduce: TokenReduce,
     semantics: FineGrained,
+    precision: MatmulPrecision,
 ) -> tuple[Array, Array]:
     """(t2v, v2t) of one caption against every video clip: two ``[Bv]`` vectors."""
-    s = jnp.einsum("td,bfd->btf", text_tokens, video_tokens)  # [Bv, T, F]
+    s = jnp.einsum("td,bfd->btf", text_tokens, video_tokens, precision=precision)  # [Bv, T, F]
     dtype = s.dtype
     mt = text_mask[None, :, None]  # [1, T, 1]
     mv = video_mask[:, None, :]  # [Bv, 1, F]
@@ -113,6 +138,7 @@ def fine_grained_similarity(
     reduce: TokenReduce = "lse",
     semantics: FineGrained = "reference",
     chunk_size: int = 64,
+    precision: MatmulPrecision = DEFAULT_MATMUL_PRECISION,
 ) -> tuple[Array, Array]:
     """Fine-grained frame-word similarity of paper Eq. 5, before min-max normalisation.
 
@@ -133,6 +159,7 @@ def fine_grained_similarity(
       alpha: log-sum-exp temperature (> 0).
       chunk_size: text clips processed together; memory is
         ``chunk_size * B_video * T * F`` floats (recomputed in the backward pass).
+      precision: of the token-product matmul (module docstring).
 
     Returns:
       ``(t2v, v2t)``, each ``[B_text, B_video]``.
@@ -155,6 +182,7 @@ def fine_grained_similarity(
     if reduce not in ("lse", "max"):
         raise ValueError(f"reduce must be 'lse' or 'max', got {reduce!r}")
     check_static_positive("alpha", alpha)
+    check_precision(precision)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
@@ -168,7 +196,8 @@ def fine_grained_similarity(
     def per_text_clip(args):
         tokens, mask = args
         return _fine_grained_one_text_clip(
-            tokens, mask, tv, mv, alpha=alpha, reduce=reduce, semantics=semantics
+            tokens, mask, tv, mv, alpha=alpha, reduce=reduce, semantics=semantics,
+            precision=precision,
         )
 
     t2v, v2t = jax.lax.map(per_text_clip, (tt, mt), batch_size=min(chunk_size, tt.shape[0]))
@@ -188,6 +217,7 @@ def clip_similarity(
     fusion_weight: float = 0.5,
     fine_grained: FineGrained = "reference",
     chunk_size: int = 64,
+    precision: MatmulPrecision = DEFAULT_MATMUL_PRECISION,
 ) -> Array:
     """The clip-caption similarity ``C`` of the video-paragraph loss, ``[B_text, B_video]``.
 
@@ -198,13 +228,15 @@ def clip_similarity(
     with ``C_mean`` the pooled cosine and ``t2v``/``v2t`` from
     :func:`fine_grained_similarity` (paper Eq. 5).  ``kind="max"`` uses the max-token
     similarity in place of the LSE (ablation D); ``kind="mean"`` is ``minmax(C_mean)``
-    alone (ablation C).  ``C`` lies in ``[0, 1]``.
+    alone (ablation C).  ``C`` lies in ``[0, 1]``.  Every matmul runs at ``precision``.
     """
     if kind not in ("lse", "max", "mean"):
         raise ValueError(f"clip similarity kind must be 'lse', 'max' or 'mean', got {kind!r}")
     check_static_positive("fusion_weight", fusion_weight, allow_zero=True)
     dtype = compute_dtype(pooled_text.dtype, pooled_video.dtype)
-    c_mean = minmax_normalize(mean_pooled_similarity(pooled_text.astype(dtype), pooled_video.astype(dtype)))
+    c_mean = minmax_normalize(
+        mean_pooled_similarity(pooled_text.astype(dtype), pooled_video.astype(dtype), precision=precision)
+    )
     if kind == "mean":
         return c_mean
     t2v, v2t = fine_grained_similarity(
@@ -216,6 +248,7 @@ def clip_similarity(
         reduce=kind,
         semantics=fine_grained,
         chunk_size=chunk_size,
+        precision=precision,
     )
     c_fine = (minmax_normalize(t2v) + minmax_normalize(v2t)) / 2
     return (fusion_weight * c_mean + c_fine) / (fusion_weight + 1)

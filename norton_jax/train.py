@@ -15,8 +15,17 @@ What a run writes to ``--workdir``:
 * ``checkpoints/<step>/`` - orbax checkpoints (parameters, optimiser state, RNG, the data
   iterator position) every ``train.checkpoint_every`` steps and at the end; a run
   restarted with the same workdir resumes from the latest one and continues exactly;
-* ``metrics.jsonl`` and TensorBoard events (process 0 only);
+* ``checkpoints.best/<step>/`` + ``best.json`` - the step with the lowest validation loss,
+  when ``train.eval_every > 0`` (:class:`~norton_jax.training.validation.ValidationLoss`,
+  docs/checkpoints.md "Checkpoint selection"); ``--step best`` picks it;
+* ``metrics.jsonl`` (``val/*`` rows every ``train.eval_every`` steps) and TensorBoard
+  events (process 0 only);
 * ``batches/epoch_<e>.json`` - the hard-negative batch plan of each epoch, when enabled.
+
+Every file of the workdir other than orbax's goes through :mod:`data_pipeline.fileio`, so
+a ``gs://`` workdir works.  The plumbing shared with fine-tuning lives in
+:mod:`norton_jax.training` (``metrics``, ``guards``, ``resume``, ``progress``,
+``absl_cli``); this module is the entry point and owns the flags.
 
 What is checked, and how a run stops (the command's exit statuses are those of
 :mod:`norton_jax.cli`):
@@ -30,7 +39,10 @@ What is checked, and how a run stops (the command's exit statuses are those of
   intact one; ``config.json`` is written only once these checks passed, and
   ``metrics.jsonl`` is cut back to the restored step so that every step appears once;
 * a non-finite loss, gradient or input stops the run with :class:`NonFiniteError` before
-  anything is saved, so the last good checkpoint stays intact (exit status 3);
+  anything is saved, so the last good checkpoint stays intact (exit status 3); with
+  ``train.on_non_finite="skip"`` a non-finite loss or gradient skips the update instead
+  (parameters and optimiser state untouched, counted as ``skipped_steps`` in
+  ``metrics.jsonl``) and only more than ``train.max_skipped`` skipped steps in a row stop;
 * a checkpoint that cannot be written (read-only folder, full disk) stops the run with
   one error naming the step and the folder (exit status 2); earlier steps stay intact;
 * SIGTERM (and Ctrl-C) saves a checkpoint at the next step boundary and stops; the
@@ -42,12 +54,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
 
 configure_tensorflow_environment()  # before TensorFlow (tf.data, TensorBoard) loads
-import signal
 import sys
 import time
 from typing import Any
@@ -55,19 +65,32 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from data_pipeline import fileio
 from data_pipeline.input_pipeline import PipelineConfig, TrainIterator
 from norton_jax import cli
-from norton_jax.checkpoint import CheckpointDamagedError, CheckpointError, Checkpointer
+from norton_jax.checkpoint import CheckpointError, Checkpointer
 from norton_jax.cli import ConfigError, NonFiniteError  # noqa: F401 - NonFiniteError: re-exported
-from norton_jax.models.config import ModelConfig
+from norton_jax.losses import LossConfig
 from norton_jax.models.dual_encoder import init_model
 from norton_jax.training import hard_negatives
+from norton_jax.training import absl_cli
+from norton_jax.training.absl_cli import exit_status  # noqa: F401 - re-exported
+from norton_jax.training.guards import NonFiniteGuard, StopRequested
+from norton_jax.training.guards import raise_if_non_finite  # noqa: F401 - re-exported
+from norton_jax.training.metrics import MetricLogger, truncate_metrics, write_workdir_json  # noqa: F401
+from norton_jax.training.progress import maybe_initialize_distributed, say  # noqa: F401 - re-exported
+from norton_jax.training.resume import (  # noqa: F401 - re-exported
+    GEOMETRY_FIELDS,
+    check_resume_geometry,
+    precheck_resume,
+    restore_for_resume,
+)
 from norton_jax.training.validate import validate_config
+from norton_jax.training.validation import ValidationLoss
 from norton_jax.training.step import (
     ModelParts,
     init_train_state,
@@ -79,134 +102,6 @@ from norton_jax.training.step import (
     shard_batch,
     split_model,
 )
-
-
-def say(message: str, *, source: str = "norton_jax.train") -> None:
-    """A one-line progress message on process 0 (stderr), independent of log verbosity."""
-    if jax.process_index() == 0:
-        print(f"[{source}] {message}", file=sys.stderr, flush=True)
-
-
-def loss_kwargs_from_config(loss: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of :func:`norton_jax.losses.norton_loss` from ``config.loss``."""
-    return dict(
-        weight=loss.weight,
-        beta=loss.beta,
-        seq_len=loss.seq_len,
-        prompt_ratio=loss.prompt_ratio,
-        epsilon=loss.epsilon,
-        alpha=loss.alpha,
-        fusion_weight=loss.fusion_weight,
-        num_iters=loss.num_iters,
-        clip_similarity_kind=loss.clip_similarity_kind,
-        fine_grained=loss.fine_grained,
-        sequence_distance=loss.get("sequence_distance", "ot"),
-        chunk_size=loss.chunk_size,
-    )
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """``jax.distributed.initialize()`` only when the config or the environment asks."""
-    if config.train.get("distributed", False) or os.environ.get("NORTON_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def truncate_metrics(path: str, last_step: int) -> int:
-    """Drops the rows of ``path`` (JSON lines) with ``step > last_step``; returns how many.
-
-    A run killed after logging a step but before its checkpoint was written logs that step
-    again once resumed; cutting the file back to the restored step keeps one row per step.
-    Unreadable lines (a row torn by the kill) are dropped too.  The file is rewritten
-    atomically (a new file, then a rename).
-    """
-    if not os.path.exists(path):
-        return 0
-    kept, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                step = int(row["step"])
-            except (ValueError, KeyError, TypeError):
-                dropped += 1
-                continue
-            if step > last_step:
-                dropped += 1
-                continue
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if dropped:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    return dropped
-
-
-class MetricLogger:
-    """JSON lines + TensorBoard scalars, written by process 0 only.
-
-    ``start_step``: the step the run starts from; rows of ``metrics.jsonl`` after it (left
-    by an earlier run that was killed before saving) are dropped first.
-    """
-
-    def __init__(self, workdir: str, enabled: bool, *, start_step: int | None = None):
-        self.enabled = enabled
-        self.writer = None
-        if enabled:
-            from flax.metrics import tensorboard
-
-            self.path = os.path.join(workdir, "metrics.jsonl")
-            if start_step is not None:
-                truncate_metrics(self.path, int(start_step))
-            self.file = open(self.path, "a")
-            self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        for k, v in metrics.items():
-            self.writer.scalar(k, v, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            self.writer.close()
-
-
-class _StopRequested:
-    """Flag set by SIGTERM / SIGINT; the loop saves and exits at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self.signum: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a test thread)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        say(f"signal {signum} received: saving a checkpoint and stopping")
-        self.requested = True
-        self.signum = int(signum)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 #: The folder each automatically buildable corpus is built into (relative to the working
@@ -255,82 +150,6 @@ def resolve_store(config: ml_collections.ConfigDict) -> str:
     )
 
 
-#: ModelConfig fields that change the parameters' shapes or dtypes.
-GEOMETRY_FIELDS = (
-    "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_video_layers",
-    "num_hidden_text_layers", "vocab_size", "max_position_embeddings", "type_vocab_size",
-    "video_input_dim", "num_labels", "param_dtype",
-)
-
-
-def check_resume_geometry(stored: dict[str, Any] | None, model_config: Any, directory: str) -> None:
-    """Raises :class:`ConfigError` when the checkpoints in ``directory`` were written for
-    another model geometry than ``model_config``; the message lists the differing fields."""
-    if not stored:
-        return
-    current = ModelConfig.from_any(model_config).to_dict()
-    diffs = [f"{k}: checkpoint {stored[k]!r} vs config {current[k]!r}"
-             for k in GEOMETRY_FIELDS if k in stored and stored[k] != current[k]]
-    if diffs:
-        raise ConfigError(
-            f"{directory} holds checkpoints of another model geometry than config.model "
-            f"({'; '.join(diffs)}); pass another --workdir, or set config.model back to the "
-            "checkpoint's values to resume"
-        )
-
-
-def precheck_resume(ckpt: Checkpointer, model_config: Any) -> None:
-    """Before the model is built: the newest step whose metadata can be read must have the
-    config's geometry (a damaged step is left to :func:`restore_for_resume`)."""
-    for step in reversed(ckpt.all_steps()):
-        try:
-            stored = ckpt.model_config(step, suggest_other_steps=False)
-        except CheckpointDamagedError:
-            continue
-        check_resume_geometry(stored, model_config, ckpt.directory)
-        return
-
-
-def restore_for_resume(ckpt: Checkpointer, *, model_config: Any, params: Any, opt_state: Any, rng: Any,
-                       report=say, set_aside: bool = True):
-    """Restores the newest intact step of ``ckpt`` (None when there is none).
-
-    Damaged steps (files missing, truncated or not matching their checksum) are skipped
-    and said with ``report``; with ``set_aside`` they are moved to
-    ``<checkpoints>.damaged/`` once an earlier step was restored, so that the resumed run
-    can save those steps again.  A step of another geometry raises :class:`ConfigError`;
-    every step damaged raises :class:`~norton_jax.checkpoint.CheckpointDamagedError`;
-    nothing is moved then.
-    """
-    steps = ckpt.all_steps()
-    if not steps:
-        return None
-    damaged: list[tuple[int, CheckpointDamagedError]] = []
-    restored = None
-    for step in reversed(steps):
-        try:
-            check_resume_geometry(ckpt.model_config(step, suggest_other_steps=False), model_config,
-                                  ckpt.directory)
-            restored = ckpt.restore(step, params=params, opt_state=opt_state, rng=rng,
-                                    suggest_other_steps=False)
-        except CheckpointDamagedError as err:
-            damaged.append((step, err))
-            report(f"{err}; trying an earlier step" if step != steps[0] else str(err))
-            continue
-        break
-    if restored is None:
-        raise CheckpointDamagedError(
-            f"every checkpoint in {ckpt.directory} is damaged (steps {steps}); move that folder "
-            "away (or pass another --workdir) to start from scratch",
-            directory=ckpt.directory,
-        )
-    for step, _ in damaged if set_aside else ():
-        report(f"moved the damaged step {step} to {ckpt.set_aside(step)}")
-    if damaged:
-        report(f"resuming from step {restored.step}, the newest intact checkpoint in {ckpt.directory}")
-    return restored
-
-
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
     """Random init, then the optional starting checkpoint (VideoCLIP/Norton .pt, safetensors, orbax)."""
     model = init_model(config.model, seed=config.train.seed)
@@ -365,9 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        fileio.join(workdir, "checkpoints"),
         max_to_keep=config.train.keep_checkpoints,
         save_interval_steps=1,
         model_config=config.model,
@@ -393,6 +212,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
     total_steps = int(config.optim.get("total_steps") or config.train.steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
     state = init_train_state(trainable, tx, config.train.seed)
+    skipped = 0
 
     data_state = None
     restored = restore_for_resume(ckpt, model_config=model.config, params=nnx.state(model, nnx.Param),
@@ -407,9 +227,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
             rng=restored.rng,
         )
         data_state = (restored.extra or {}).get("data")
+        skipped = int((restored.extra or {}).get("skipped_steps", 0))
         say(f"resumed from step {restored.step} of {workdir}")
+    guard = NonFiniteGuard(config.train.get("on_non_finite", "stop"), config.train.get("max_skipped", 0),
+                           skipped=skipped)
+    tx = guard.wrap(tx)  # "skip": a non-finite step leaves parameters and optimiser state as they were
+    validator = None
+    if int(config.train.get("eval_every", 0) or 0) > 0:
+        val_split = config.data.get("val_split", "val")
+        if not fileio.exists(fileio.join(store, f"{val_split}.index.json")):
+            raise FileNotFoundError(
+                f"config.train.eval_every={config.train.eval_every} evaluates the {val_split!r} split "
+                f"(config.data.val_split) of {store}, which has none ({val_split}.index.json missing); convert "
+                "held-out videos with `python -m data_pipeline.build per-video ... --out STORE --split val`, or set "
+                "--config.train.eval_every=0"
+            )
+        validator = ValidationLoss(config, store)
     if is_main:  # only now: a failed resume check leaves the workdir's config.json as it was
-        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+        write_workdir_json(workdir, "config.json", config.to_dict())
 
     pipeline = PipelineConfig(
         videos_per_device=config.data.videos_per_device,
@@ -421,13 +256,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
     iterator = TrainIterator(store, config.data.split, pipeline, state=data_state)
     try:
         return _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, schedule,
-                     pipeline, iterator)
+                     pipeline, iterator, guard, validator)
     finally:
         _close_iterator(iterator)
 
 
 def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, schedule, pipeline,
-          iterator) -> dict[str, Any]:
+          iterator, guard: NonFiniteGuard, validator: ValidationLoss | None) -> dict[str, Any]:
     if config.train.hard_negatives.enabled:
         iterator.order_fn = hard_negatives.EpochPlanner(
             config=config, workdir=workdir, iterator=iterator,
@@ -438,22 +273,31 @@ def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, s
     state = replicate(state, mesh)
     train_step = make_train_step(
         parts, tx, mesh,
-        loss_kwargs=loss_kwargs_from_config(config.loss),
+        loss_config=LossConfig.from_config(config.loss),
         negatives=config.train.negatives,
     )
     start = int(state.step)
     logger = MetricLogger(workdir, enabled=is_main, start_step=start)
 
+    def extra() -> dict[str, Any]:
+        return {"data": iterator.state(), "skipped_steps": guard.skipped}
+
     def save(step: int) -> None:
         full = merge_model(parts, state.trainable)
-        ckpt.save(
-            step,
-            params=nnx.state(full, nnx.Param),
-            opt_state=state.opt_state,
-            rng=state.rng,
-            extra={"data": iterator.state()},
-            force=True,
-        )
+        ckpt.save(step, params=nnx.state(full, nnx.Param), opt_state=state.opt_state, rng=state.rng,
+                  extra=extra(), force=True)
+
+    eval_every = int(config.train.get("eval_every", 0) or 0)
+
+    def validate(step: int) -> dict[str, float]:
+        """The validation loss of the current parameters; keeps the step if it is the best."""
+        full = merge_model(parts, state.trainable)
+        val = validator(full)
+        if ckpt.save_best(step, val["val/loss_total"], params=nnx.state(full, nnx.Param),
+                          opt_state=state.opt_state, rng=state.rng, extra=extra()):
+            say(f"step {step}: validation loss {val['val/loss_total']:.4f}, the best so far: kept in "
+                f"{ckpt.best_directory}")
+        return val
 
     stop_at = int(config.train.steps)
     stop_early = config.train.get("stop_after_steps")  # simulates an interruption (tests)
@@ -467,7 +311,7 @@ def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, s
 
         progress = tqdm(total=int(config.train.steps), initial=start, desc="train", unit="step",
                         dynamic_ncols=True, file=sys.stderr)
-    stop = _StopRequested()
+    stop = StopRequested()
     try:
         with stop:
             t_prev = time.perf_counter()
@@ -475,11 +319,15 @@ def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, s
                 batch = next(iterator)
                 state, metrics = train_step(state, shard_batch(batch, mesh))
                 step += 1
-                # Two scalars per step: a bad step stops the run before anything is saved.
-                if min(jax.device_get((metrics["inputs_finite"], metrics["finite"]))) < 1:
-                    _raise_if_non_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
-                if step % config.train.log_every == 0 or step == stop_at or stop.requested:
+                # Two scalars per step: a bad step stops the run (or, "skip", is counted) before
+                # anything is saved.
+                skipped = guard.check(metrics, step)
+                val = validate(step) if validator is not None and step % eval_every == 0 else {}
+                if step % config.train.log_every == 0 or step == stop_at or stop.requested or skipped or val:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if guard.mode == "skip":
+                        metrics["skipped_steps"] = float(guard.skipped)
+                    metrics.update(val)
                     now = time.perf_counter()
                     metrics["lr"] = float(schedule(step - 1))
                     metrics["step_time_s"] = (now - t_prev) / config.train.log_every
@@ -511,29 +359,16 @@ def _loop(config, workdir, ckpt, is_main, mesh, num_devices, parts, state, tx, s
     summary = {
         "step": step,
         "workdir": workdir,
-        "checkpoint": None if latest is None else os.path.join(workdir, "checkpoints", str(latest)),
+        "checkpoint": None if latest is None else fileio.join(workdir, "checkpoints", str(latest)),
         "metrics": last,
+        **({"skipped_steps": guard.skipped} if guard.mode == "skip" else {}),
+        **({"best": ckpt.best_record()} if validator is not None else {}),
         "interrupted": bool(stop.requested),
         "signal": stop.signum if stop.requested else None,
     }
     if is_main:
-        _write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+        write_workdir_json(workdir, "summary.json", summary)
     return summary
-
-
-def _raise_if_non_finite(metrics: dict[str, float], step: int) -> None:
-    if metrics.get("inputs_finite", 1.0) < 1:
-        raise NonFiniteError(
-            f"step {step}: the input batch field 'vfeats' holds NaN or inf; stopping before "
-            "saving (the last good checkpoint is kept). Check the feature store."
-        )
-    if metrics.get("finite", 1.0) < 1:
-        bad = [k for k in ("loss_total", "loss_clip_caption", "loss_video_paragraph", "grad_norm")
-               if not np.isfinite(metrics.get(k, 0.0))]
-        raise NonFiniteError(
-            f"step {step}: non-finite {', '.join(bad) or 'loss/gradient'}; stopping before saving "
-            "(the last good checkpoint is kept)"
-        )
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).")
@@ -541,33 +376,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 _DEBUG = flags.DEFINE_bool("debug", False, f"Show the full traceback of an error (or set {cli.DEBUG_ENV}=1).")
 
 
-class _NoOrbaxTracebacks:
-    """A logging filter: orbax's error records keep their one-line message, lose the traceback
-    (the failure itself reaches the user as one ``error:`` line; ``--debug`` keeps them)."""
-
-    def filter(self, record) -> bool:
-        if f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
-            record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
-
-
 def config_and_workdir_from_flags() -> tuple[ml_collections.ConfigDict, str]:
-    """``--config`` and ``--workdir`` (both required) for the training CLIs; quiets orbax."""
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if not cli.debug_requested(["--debug"] if _DEBUG.value else []):
-        logging.get_absl_handler().addFilter(_NoOrbaxTracebacks())
-    config = _CONFIG.value
-    if config is None or _WORKDIR.value is None:
-        raise cli.UserError("--config and --workdir are required (e.g. --config configs/tiny.py --workdir DIR)")
-    return config, _WORKDIR.value
-
-
-def exit_status(summary: dict[str, Any]) -> int:
-    """0 for a completed run, ``128 + signal`` for one stopped by SIGTERM / SIGINT."""
-    if summary.get("interrupted"):
-        return cli.interrupted_exit_code(summary.get("signal") or signal.SIGTERM)
-    return cli.EXIT_OK
+    """``--config`` and ``--workdir`` (both required); quiets orbax."""
+    return absl_cli.config_and_workdir(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
 
 
 def main(argv: list[str]) -> int:
@@ -579,56 +390,9 @@ def main(argv: list[str]) -> int:
     return exit_status(summary)
 
 
-def _exit_watchdog(code: int, prog: str, grace_s: float = 30.0) -> None:
-    """After a failed or interrupted run, ends the process if threads still block its exit.
-
-    A daemon thread: when the interpreter exits normally it simply disappears.
-    """
-    if code == cli.EXIT_OK:
-        return
-
-    def end() -> None:
-        time.sleep(grace_s)
-        print(f"{prog}: background threads still running {grace_s:.0f} s after the end; exiting",
-              file=sys.stderr, flush=True)
-        os._exit(code)
-
-    threading.Thread(target=end, name="norton-exit-watchdog", daemon=True).start()
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing with a flag mistake (an unknown flag or config field, a value of
-    the wrong type) reported as one ``error:`` line, exit status 2."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
-        if cli.debug_requested(argv):
-            raise
-        text = str(err)
-        while len(text) > 1 and text[0] == text[-1] == "'":  # a KeyError's quoted message
-            text = text[1:-1].replace("\\'", "'").replace("\\n", " ")
-        print(f"{_PROG}: error: bad flag: {' '.join(text.split())}  (--helpfull lists the flags)",
-              file=sys.stderr)
-        sys.exit(cli.EXIT_USER_ERROR)
-
-
-_PROG = "norton_jax"
-
-
 def run_absl_cli(main_fn, prog: str) -> None:
-    """Runs an absl ``main_fn(argv) -> status`` the way every norton-jax command does
-    (:func:`norton_jax.cli.run`: one ``error:`` line per user mistake, ``--debug`` for the
-    traceback) and exits with its status."""
-
-    global _PROG
-    _PROG = prog
-
-    def absl_main(argv: list[str]) -> int:
-        code = cli.run(lambda _: main_fn(argv), ["--debug"] if _DEBUG.value else [], prog=prog)
-        _exit_watchdog(code, prog)
-        return code
-
-    app.run(absl_main, flags_parser=_parse_flags)
+    """:func:`norton_jax.training.absl_cli.run_absl_cli` with this command's ``--debug``."""
+    absl_cli.run_absl_cli(main_fn, prog, debug=lambda: _DEBUG.value)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import json
 import os
 
 import pytest
+
+from norton_jax.models.config import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,9 +32,12 @@ def test_parse_rows_and_defaults():
     assert full.rows == list(bench.ROW_ORDER) and full.seeds == 3 and full.steps == bench.FULL_STEPS
     with pytest.raises(SystemExit, match="unknown row"):
         bench.parse_args(["--rows", "A,Z"])
-    # Every row of the benchmark is a config row.
-    module = bench._ablation_module()
-    assert set(bench.ROW_ORDER) == set(module.ROWS)
+    # Every row of the benchmark is a config row, and the config has no other row.
+    for row in bench.ROW_ORDER:
+        assert load_config_file(f"{bench.ABLATION_CONFIG}:{row.lower()}").ablation_row == row
+    with pytest.raises(ValueError, match="unknown ablation row") as bad:
+        load_config_file(f"{bench.ABLATION_CONFIG}:Z")
+    assert set(ast.literal_eval(str(bad.value).split("choose one of ", 1)[1])) == set(bench.ROW_ORDER)
 
 
 def test_row_config_starts_from_the_base():
@@ -155,17 +162,18 @@ def test_noise_sweep_smoke(tmp_path, monkeypatch):
 
 def test_claim_verdicts_use_two_standard_errors():
     bench = _benchmark()
+    report = importlib.import_module("benchmarks.ablation_report")  # the reports of the benchmark
     agg = {  # (mean, std, n) per metric
         "J": {"m": (0.30, 0.01, 3)}, "G": {"m": (0.20, 0.01, 3)},
         "H": {"m": (0.29, 0.05, 3)}, "I": {"m": (0.30, 0.01, 3)}, "A": {"m": (0.10, 0.0, 1)},
     }
-    assert bench._verdict(agg, "J", "G", "m", "t")[2].startswith("holds")
-    assert bench._verdict(agg, "G", "J", "m", "t")[2].startswith("reversed (")
-    assert bench._verdict(agg, "J", "H", "m", "t")[2] == "same sign, within noise"
-    assert bench._verdict(agg, "H", "J", "m", "t")[2] == "reversed sign, within noise"
-    assert bench._verdict(agg, "J", "I", "m", "t")[2] == "tie"
-    assert bench._verdict(agg, "J", "A", "m", "t")[2] == "same sign (one seed: no error bar)"
-    assert bench._verdict(agg, "J", "G", "m", "t")[1] == "`m` 30.0 vs 20.0"
+    assert report.verdict(agg, "J", "G", "m", "t")[2].startswith("holds")
+    assert report.verdict(agg, "G", "J", "m", "t")[2].startswith("reversed (")
+    assert report.verdict(agg, "J", "H", "m", "t")[2] == "same sign, within noise"
+    assert report.verdict(agg, "H", "J", "m", "t")[2] == "reversed sign, within noise"
+    assert report.verdict(agg, "J", "I", "m", "t")[2] == "tie"
+    assert report.verdict(agg, "J", "A", "m", "t")[2] == "same sign (one seed: no error bar)"
+    assert report.verdict(agg, "J", "G", "m", "t")[1] == "`m` 30.0 vs 20.0"
     # Every claim names rows and metrics the benchmark produces.
     for better, worse, keys, _ in bench.CLAIMS:
         assert {better, worse} <= set(bench.ROW_ORDER) and keys

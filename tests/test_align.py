@@ -173,3 +173,132 @@ def test_trained_checkpoint_beats_the_noisy_timestamps_on_youcook2_mnc():
     model, _ = load_model(ckpt)
     summary = A.align_store(model, store, "val", max_videos=int(os.environ.get("NORTON_ALIGN_VIDEOS", "60")))
     assert summary.recall_plan > summary.recall_timestamps, summary
+
+
+# ---------------------------------------------------------------------------------------
+# One caption-by-second similarity (shared with the HTM-Align evaluation), one window rule
+# ---------------------------------------------------------------------------------------
+
+
+class _SlotEncoder:
+    """A stand-in encoder whose frame output depends on the slot inside its window
+    (``feature + slot * e_0``), so the averaged similarity shows which windows cover a second."""
+
+    def __init__(self, text_vectors):
+        self.text_vectors = np.asarray(text_vectors, np.float32)
+
+    def texts(self, texts):
+        return self.text_vectors[: len(texts)]
+
+    def segments(self, segments, max_video_len=32, *, frames=False):
+        out = np.zeros((len(segments), max_video_len, self.text_vectors.shape[1]), np.float32)
+        for i, seg in enumerate(segments):
+            out[i, : len(seg)] = seg[:max_video_len]
+            out[i, :, 0] += np.arange(max_video_len)
+        return None, out
+
+
+def _expected_dense(features, text, window=32, stride=8):
+    """Written from the rule: starts 0, stride, ... below T - window // 2 (at least [0, T))."""
+    t = len(features)
+    starts = list(range(0, t - window // 2, stride)) or [0]
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    total, count = np.zeros((len(text), t)), np.zeros(t)
+    for s in starts:
+        for k in range(s, min(t, s + window)):
+            frame = features[k].astype(np.float64).copy()
+            frame[0] += k - s
+            total[:, k] += unit(text) @ unit(frame)
+            count[k] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("t", [75, 10, 40])
+def test_frame_similarity_is_the_evaluations_dense_similarity(t):
+    from norton_jax.evaluate.caption_similarity import htm_align_similarity
+
+    rng = np.random.default_rng(t)
+    features = rng.normal(size=(t, 6)).astype(np.float32)
+    text = rng.normal(size=(3, 6)).astype(np.float32)
+    enc = _SlotEncoder(text)
+    got = A.frame_similarity(enc, features, ["a", "b", "c"])
+    np.testing.assert_allclose(got, _expected_dense(features, text), rtol=1e-5, atol=1e-6)
+    dense = htm_align_similarity(enc, features, ["a", "b", "c"], np.zeros(3), np.ones(3), np.ones(3, bool),
+                                 active="dense")
+    np.testing.assert_array_equal(got, dense)
+
+
+def test_align_config_refuses_a_stride_that_leaves_seconds_uncovered():
+    with pytest.raises(ValueError, match="stride in \\[1, window // 2\\].*window 32, stride 17"):
+        A.AlignConfig(stride=17)
+    assert A.AlignConfig(window=32, stride=16).stride == 16
+
+
+# ---------------------------------------------------------------------------------------
+# Subtitle files in, re-timed transcripts out
+# ---------------------------------------------------------------------------------------
+
+
+def test_read_captions_takes_subtitle_files(tmp_path):
+    (tmp_path / "t.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:03.500\ncrack the <i>eggs</i>\n\n"
+                                    "00:00:04.000 --> 00:00:06.000\nwhisk &amp; fold\n")
+    caps = A.read_captions(tmp_path / "t.vtt")
+    assert caps.texts == ["crack the eggs", "whisk & fold"] and caps.starts.tolist() == [1.0, 4.0]
+    assert caps.ends.tolist() == [3.5, 6.0] and caps.where == ["line 3", "line 6"]
+    (tmp_path / "t.srt").write_text("1\n00:00:02,000 --> 00:00:05,000\nchop\n\n2\n00:00:07,250 --> 00:00:09,000\nfry\n")
+    assert A.read_captions(tmp_path / "t.srt").starts.tolist() == [2.0, 7.25]
+    (tmp_path / "w.json").write_text(json.dumps({"text": "a b", "segments": [
+        {"id": 0, "start": 0.5, "end": 2.0, "text": " serve"}, {"id": 1, "start": 3.0, "end": 4.0, "text": "eat"}]}))
+    caps = A.read_captions(tmp_path / "w.json")
+    assert caps.texts == ["serve", "eat"] and caps.where == ["segment 0", "segment 1"]
+    (tmp_path / "bad.srt").write_text("1\n00:00:05,000 --> 00:00:02,000\nbackwards\n")
+    with pytest.raises(Exception, match="bad.srt"):
+        A.read_captions(tmp_path / "bad.srt")
+    # a caption past the features names the subtitle line
+    caps = A.read_captions(tmp_path / "t.vtt")
+    with pytest.raises(ValueError, match=r"t\.vtt: line 6: caption \[4, 6\] s runs past the video's 3 s"):
+        A.fit_captions_to_video(caps, 3, source=tmp_path / "t.vtt")
+
+
+def _result_with_a_rejection():
+    sim, caps, _ = _synthetic()
+    out = A.realign(sim, caps, A.AlignConfig())
+    return A.VideoAlignment(
+        video_id="v", num_frames=sim.shape[1], captions=caps, similarity=sim, plan=out["plan"],
+        aligned_mass=out["aligned_mass"], alignability=out["alignability"], rejected=out["rejected"],
+        peak=out["peak"], centre=out["centre"], aligned_starts=out["aligned_starts"],
+        aligned_ends=out["aligned_ends"], bucket_value=out["bucket_value"])
+
+
+def test_write_alignment_formats_and_keep_rejected(tmp_path):
+    from norton_jax.subtitles import read_subtitles
+
+    res = _result_with_a_rejection()
+    assert res.rejected.tolist() == [False, False, False, True, False, False, False]
+    kept = [i for i in range(7) if i != 3]
+    for suffix in (".vtt", ".srt"):
+        path = tmp_path / f"out{suffix}"
+        assert A.write_alignment(path, res) == 6
+        cues = read_subtitles(path)
+        assert [c.text for c in cues] == [res.captions.texts[i] for i in kept]  # order kept: spans are ordered
+        for c, i in zip(cues, kept):
+            assert c.start == pytest.approx(res.aligned_starts[i], abs=1e-3)
+            assert c.end == pytest.approx(res.aligned_ends[i], abs=1e-3)
+        path = tmp_path / f"all{suffix}"
+        assert A.write_alignment(path, res, keep_rejected=True) == 7
+        cues = read_subtitles(path)
+        marked = [c for c in cues if c.text.startswith(A.REJECTED_MARK)]
+        assert [c.text for c in marked] == ["[rejected] like and subscribe"]
+        assert (marked[0].start, marked[0].end) == (85.0, 89.0)  # its original time
+        assert [c.start for c in cues] == sorted(c.start for c in cues)
+    report = tmp_path / "report.json"
+    assert A.write_alignment(report, res, extra={"step": 3}) == 6
+    data = json.loads(report.read_text())
+    assert data["step"] == 3 and data["num_rejected"] == 1 and len(data["captions"]) == 7
+    assert [s["caption"] for s in data["segments"]] == kept and not any(s["rejected"] for s in data["segments"])
+    assert [c.text for c in read_subtitles(report)] == [res.captions.texts[i] for i in kept]
+    with pytest.raises(ValueError, match=r"out\.txt: unknown output format '\.txt'"):
+        A.write_alignment(tmp_path / "out.txt", res)
+    everything = A.VideoAlignment(**{**res.__dict__, "rejected": np.ones(7, bool)})
+    with pytest.raises(ValueError, match="every caption was rejected.*--keep-rejected"):
+        A.write_alignment(tmp_path / "none.vtt", everything)

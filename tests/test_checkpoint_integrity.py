@@ -124,7 +124,7 @@ def test_missing_metadata_is_damage_too(tmp_path):
 
 def test_checkpoints_without_a_checksum_still_load(tmp_path, monkeypatch):
     root = str(tmp_path / "old")
-    monkeypatch.setattr(checkpoint_lib, "params_digest", lambda tree: None)  # as before checksums
+    monkeypatch.setattr(checkpoint_lib.trees, "params_digest", lambda tree: None)  # as before checksums
     _save_steps(root, steps=(1,))
     monkeypatch.undo()
     meta = json.load(open(os.path.join(root, "1", "meta", "metadata")))

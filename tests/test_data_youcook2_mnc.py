@@ -128,3 +128,35 @@ def test_pipeline_runs_on_corpus(built):
                                                     process_count=1))
     b = next(it)
     assert b["caps"].shape == (1, 48, 32) and np.isfinite(b["vfeats"]).all()
+
+
+def _build_bytes(out: str) -> dict:
+    """Every file of a build, by relative path; youcook2_mnc.json without its timing fields."""
+    files = {}
+    for dirpath, _, names in os.walk(out):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, out)
+            if rel == "youcook2_mnc.json":
+                meta = json.load(open(path))
+                for k in ("encode_seconds", "build_seconds"):
+                    meta.pop(k)
+                files[rel] = json.dumps(meta, sort_keys=True).encode()
+            else:
+                files[rel] = open(path, "rb").read()
+    return files
+
+
+def test_build_bytes_do_not_depend_on_the_cache_state(tmp_path):
+    """Cold MiniLM cache, warm cache and no cache give byte-identical builds (timing aside)."""
+    cfg = mnc.MNCConfig(max_videos=2)
+    cache = str(tmp_path / "cache")
+    mnc.build(str(tmp_path / "cold"), cfg, cache_dir=cache, progress=False)
+    assert len(os.listdir(cache)) == 1                     # the cold build filled the cache
+    mnc.build(str(tmp_path / "warm"), cfg, cache_dir=cache, progress=False)
+    mnc.build(str(tmp_path / "none"), cfg, cache_dir=None, progress=False)
+    cold, warm, none = (_build_bytes(str(tmp_path / n)) for n in ("cold", "warm", "none"))
+    assert any(k.endswith(".json") and "index" in k for k in cold) and len(cold) >= 5
+    assert sorted(cold) == sorted(warm) == sorted(none)
+    differing = sorted(k for k in cold if not cold[k] == warm[k] == none[k])
+    assert differing == []

@@ -62,3 +62,18 @@ def test_bad_steps_rejected_before_anything(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--steps" in capsys.readouterr().err
     assert (work / "thesis.txt").exists()
+
+
+def test_store_flag_builds_the_corpus_in_the_given_folder(tmp_path, monkeypatch):
+    """--store DIR: the corpus is read from (and on first use built into) DIR, not data/build."""
+    from data_pipeline import youcook2_mnc
+    from norton_jax import train
+
+    config = demo.demo_config("configs/tiny.py", steps=3, store=str(tmp_path / "corpus"))
+    assert config.data.store == str(tmp_path / "corpus") and config.train.steps == 3
+    built = []
+    monkeypatch.setattr(youcook2_mnc, "build", lambda out, *a, **k: built.append(out))
+    assert train.resolve_store(config) == str(tmp_path / "corpus")
+    assert built == [str(tmp_path / "corpus")]
+    default = demo.demo_config("configs/tiny.py")
+    assert default.data.store == "data/build/youcook2-mnc" and not default.data.build_anywhere

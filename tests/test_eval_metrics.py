@@ -385,3 +385,31 @@ def test_background_protocol_at_youcook_scale_is_fast():
     out = M.paragraph_retrieval(sim, cap_ids, win_ids, method="dtw", background=True)
     assert time.perf_counter() - t0 < 60  # ~2-8 s on 2 shared CPU cores, compilation included
     assert 0.0 <= out["R1"] <= out["R5"] <= out["R10"] <= 1.0
+
+
+def test_alignment_recall_floor_ceil_hit_rule():
+    # caption 0: gt [4.2, 5.0] -> hits on [4, 5]; caption 1: gt [5.0, 8.5] -> [5, 9]; caption 2 not alignable
+    r = M.alignment_recall([np.asarray([4.0, 9.0, 50.0]), np.asarray([2.9])],
+                           [np.asarray([4.2, 5.0, 0.0]), np.asarray([3.0])],
+                           [np.asarray([5.0, 8.5, 1.0]), np.asarray([4.0])],
+                           [np.asarray([1, 1, 0]), np.asarray([1])])
+    assert r == {"recall": 2 / 3, "num_alignable": 3}
+    assert math.isnan(M.alignment_recall([np.zeros(1)], [np.zeros(1)], [np.zeros(1)], [np.zeros(1)])["recall"])
+
+
+def test_windows_one_implementation_for_coin_youcook_and_htm_align():
+    from norton_jax.evaluate.loaders import youcook_background_windows
+    from norton_jax.evaluate.windows import sliding_windows, stitch_windows, window_grid
+
+    assert sliding_windows(70, stride=16, size=32) == [(0, 32), (16, 48), (32, 64), (48, 70)]
+    assert M.coin_windows(70) == sliding_windows(70, stride=16, size=32)
+    assert youcook_background_windows(40) == sliding_windows(40, stride=16, size=16) == [(0, 16), (16, 32), (32, 40)]
+    # the HTM-Align grid: starts below T - size // 2, so it runs past the first window reaching the end
+    assert window_grid(70, stride=8, size=32) == [(s, min(70, s + 32)) for s in range(0, 54, 8)]
+    assert window_grid(16, stride=8, size=32) == []
+    total, count = stitch_windows(2, 5, [(0, 3), (2, 5)], [np.ones((1, 4)), 2 * np.ones((2, 3))],
+                                  [np.asarray([1]), np.asarray([0, 1])])
+    np.testing.assert_array_equal(count, [[0, 0, 1, 1, 1], [1, 1, 2, 1, 1]])
+    np.testing.assert_array_equal(total, [[0, 0, 2, 2, 2], [1, 1, 3, 2, 2]])
+    with pytest.raises(ValueError, match="positive"):
+        sliding_windows(0, stride=8, size=32)

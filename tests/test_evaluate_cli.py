@@ -31,15 +31,14 @@ def workdir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A youcook2-mnc-like store: 4 val videos with noisy captions and ground truth."""
+def _write_store(root: str) -> None:
+    """A youcook2-mnc-like store under ``root`` (local or ram://): 4 val videos with noisy captions
+    and ground truth."""
     from data_pipeline.feature_store import FeatureStoreWriter, VideoRecord
     from data_pipeline.tokenization import tokenize_captions
 
-    root = tmp_path_factory.mktemp("store")
     rng = np.random.default_rng(0)
-    with FeatureStoreWriter(str(root), "val", videos_per_shard=2) as writer:
+    with FeatureStoreWriter(root, "val", videos_per_shard=2) as writer:
         for v in range(4):
             frames = 50 + 15 * v
             steps = [(5.0, 15.0), (20.0, 32.0), (36.0, 48.0)]
@@ -55,6 +54,13 @@ def store(tmp_path_factory):
                 gt_start=np.asarray([c[3] for c in caps], np.float32), gt_end=np.asarray([c[4] for c in caps], np.float32),
                 gt_alignable=np.asarray([c[5] for c in caps], np.int64), gt_text=[c[6] for c in caps],
             ))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A youcook2-mnc-like store: 4 val videos with noisy captions and ground truth."""
+    root = tmp_path_factory.mktemp("store")
+    _write_store(str(root))
     return root
 
 
@@ -169,6 +175,42 @@ def test_store_tasks(task, workdir, store, tmp_path, capsys):
         assert "original (noisy) timestamps" in stdout
 
 
+@pytest.mark.parametrize("task", ["youcook2_paragraph", "htm_align"])
+def test_store_on_ram_gives_the_numbers_of_the_local_store(task, workdir, store, capsys):
+    """Issue 13: the same store on TF's ram:// filesystem (not POSIX), results JSON written to ram://."""
+    import uuid
+
+    from data_pipeline import fileio
+
+    root = f"ram://eval-{uuid.uuid4().hex[:8]}"
+    _write_store(fileio.join(root, "store"))
+    assert R.is_feature_store(fileio.join(root, "store")) and not R.is_feature_store(fileio.join(root, "none"))
+    out = fileio.join(root, "results", "m.json")
+    code, stdout, err = _run(capsys, "--checkpoint", str(workdir), "--task", task, "--data",
+                             fileio.join(root, "store"), "--out", out, "--batch-size", "16")
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    on_ram = fileio.read_json(out)
+    local = R.evaluate_checkpoint(workdir, task, store, batch_size=16)
+    assert on_ram["data"] == fileio.join(root, "store") and on_ram["source"] == "youcook2-mnc"
+    assert on_ram["counts"] == local["counts"] and on_ram["counts"]["videos"] == 4
+    assert on_ram["metrics"] == local["metrics"]
+    if task == "htm_align":
+        assert on_ram["metrics"]["timestamp_recall"] == 1.0 and on_ram["metrics"]["num_alignable"] == 12
+    else:
+        assert {m: set(r) for m, r in on_ram["metrics"].items()} == {m: {"R1", "R5", "R10"} for m in ("cap_avg", "dtw", "otam")}
+        assert all(r["R5"] == 1.0 for r in on_ram["metrics"].values())
+
+
+def test_write_json_takes_numpy_values_and_nan(tmp_path):
+    from data_pipeline import fileio
+
+    path = tmp_path / "r.json"
+    R.write_json({"a": np.float32(0.5), "b": np.arange(3), "c": float("nan"), "d": [np.int64(2), (1, np.inf)]}, path)
+    assert fileio.read_json(path) == {"a": 0.5, "b": [0, 1, 2], "c": None, "d": [2, [1, None]]}
+    assert not [p for p in tmp_path.iterdir() if p.name != "r.json"]  # no temporary file left
+
+
 def test_max_videos_limits_the_store(workdir, store):
     res = R.evaluate_checkpoint(workdir, "youcook2_clip", store, max_videos=2)
     assert res["counts"] == {"videos": 2, "clips": 6} and res["max_videos"] == 2
@@ -280,3 +322,65 @@ def test_cli_errors_are_clear(workdir, store, tmp_path, capsys):
     assert code == 2 and "feature store supports the tasks" in err
     code, _, err = _run(capsys, "--checkpoint", str(tmp_path / "none"), "--task", "coin", "--data", str(tmp_path))
     assert code == 2 and "checkpoint not found" in err
+
+
+def test_dense_caption_similarity_is_the_htm_align_dense_one(workdir):
+    from norton_jax.evaluate import metrics as M
+    from norton_jax.evaluate.caption_similarity import caption_second_similarity, htm_align_similarity
+    from norton_jax.inference import unit_normalize
+
+    model, _ = R.load_model(workdir)
+    enc = R.Encoder(model, batch_size=8)
+    rng = np.random.default_rng(5)
+    feat = _feats(rng, 45)
+    texts = ["stir the soup", "add salt", "serve"]
+    dense = caption_second_similarity(enc, feat, texts)  # windows start at 0, 8, 16, 24 (below 45 - 16)
+    assert dense.shape == (3, 45) and (dense > M.UNCOVERED).all()
+    np.testing.assert_array_equal(dense, htm_align_similarity(enc, feat, texts, [0, 10, 20], [5, 15, 25],
+                                                              [1, 0, 1], active="dense"))
+    # by hand: second 40 is covered by the windows starting at 16 and 24 (32 s long)
+    text = unit_normalize(enc.texts(texts))
+    _, frames = enc.segments([feat[16:45], feat[24:45]], 32, frames=True)
+    frames = unit_normalize(frames)
+    want = (text @ frames[0, 40 - 16] + text @ frames[1, 40 - 24]) / 2
+    np.testing.assert_allclose(dense[:, 40], want, rtol=1e-5, atol=1e-6)
+    short = caption_second_similarity(enc, feat[:10], texts)  # <= 16 s: the one window [0, 10)
+    _, frames = enc.segments([feat[:10]], 32, frames=True)
+    np.testing.assert_allclose(short, text @ unit_normalize(frames[0, :10]).T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="stride must be in"):
+        caption_second_similarity(enc, feat, texts, window=32, stride=17)
+
+
+def test_step_flag(workdir, store, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    for step in ("7", "latest"):
+        code, _, err = _run(capsys, "--checkpoint", str(workdir), "--task", "youcook2_clip", "--data", str(store),
+                            "--step", step, "--out", str(out), "--max-videos", "1")
+        assert code == 0, err
+        assert json.loads(out.read_text())["step"] == 7
+    with pytest.raises(SystemExit):
+        _run(capsys, "--checkpoint", str(workdir), "--task", "youcook2_clip", "--data", str(store), "--step", "seven")
+    assert "--step" in capsys.readouterr().err
+    code, _, err = _run(capsys, "--checkpoint", str(workdir), "--task", "youcook2_clip", "--data", str(store),
+                        "--step", "3")
+    assert code == 2 and "step 3" in err
+
+
+def test_step_best_evaluates_the_best_checkpoint(tmp_path, store, capsys):
+    root = tmp_path / "w"
+    latest, best = init_model(CFG, seed=0), init_model(CFG, seed=1)
+    with Checkpointer(root / "checkpoints", model_config=CFG, enable_async=False) as ckpt:
+        ckpt.save(3, params=nnx.state(best, nnx.Param), force=True)
+        assert ckpt.save_best(3, 0.5, params=nnx.state(best, nnx.Param))
+        ckpt.save(9, params=nnx.state(latest, nnx.Param), force=True)
+    model, info = R.load_model(root, step="best")
+    assert info["step"] == 3
+    for x, y in zip(jax_leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+                    jax_leaves(nnx.to_pure_dict(nnx.state(best, nnx.Param)))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    out = tmp_path / "best.json"
+    code, stdout, err = _run(capsys, "--checkpoint", str(root), "--task", "youcook2_clip", "--data", str(store),
+                             "--step", "best", "--out", str(out))
+    assert code == 0, err
+    assert json.loads(out.read_text())["step"] == 3 and "(step 3)" in stdout
+    assert json.loads(out.read_text())["metrics"] == R.evaluate_checkpoint(best, "youcook2_clip", store)["metrics"]

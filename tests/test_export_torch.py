@@ -137,6 +137,35 @@ def test_flax_to_torch_to_flax_bit_exact(tmp_path):
     _assert_params_identical(_pure(build_pretrained(pt, cfg)), _pure(model))
 
 
+def test_pt_export_is_the_authors_fairseq_layout_and_round_trips(tmp_path):
+    """``--out m.pt``: ``{"model": {"mmmodel.<key>": tensor}}`` with the reference checkpoint's
+    102 keys (position_ids and poolers included), safe to load, read back bit for bit."""
+    cfg = fixture_config()
+    model = _perturbed_model(cfg, seed=3)
+    with Checkpointer(tmp_path / "ckpt", model_config=cfg, enable_async=False) as ckpt:
+        ckpt.save(7, params=nnx.state(model, nnx.Param))
+        ckpt.save(9, params=nnx.state(_perturbed_model(cfg, seed=4), nnx.Param))
+    out = tmp_path / "m.pt"
+    assert export_main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), "--step", "7"]) == 0
+    obj = torch.load(out, map_location="cpu", weights_only=True)
+    assert list(obj) == ["model"]
+    reference = torch.load(FIXTURE / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    assert sorted(obj["model"]) == sorted(reference) and len(reference) == 102
+    for key, value in reference.items():
+        assert isinstance(obj["model"][key], torch.Tensor), key
+        assert obj["model"][key].shape == value.shape and obj["model"][key].dtype == value.dtype, key
+    for key in ("mmmodel.text_encoder.embeddings.position_ids", "mmmodel.video_encoder.bert.embeddings.position_ids"):
+        assert torch.equal(obj["model"][key], reference[key])
+    _assert_params_identical(_pure(build_pretrained(out, cfg)), _pure(model))   # step 7, not the latest 9
+    # the default for the other suffix stays safetensors (geometry in the metadata)
+    st = tmp_path / "m.safetensors"
+    export_main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(st), "--step", "7"])
+    assert len(read_state_dict(st)[0]) == 96
+    _assert_params_identical(_pure(build_pretrained(st)), _pure(model))
+    with pytest.raises(SystemExit):
+        export_main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.bin")])
+
+
 def test_torch_reference_matches_flax(tmp_path):
     """torch_reference rebuilt from an export agrees with the Flax model to 1e-5."""
     cfg = fixture_config()

@@ -168,3 +168,48 @@ def test_coin_batches_pad_devices_to_one_bucket(tmp_path):
     assert not b["cmasks"][:, 0].any() and b["cmasks"][:, 1].all()  # [CLS] masked (spec §3.3 step 5)
     with pytest.raises(EvalDataError, match="num_labels=5"):
         D.load_coin_train(tmp_path / "COIN.json", FeatureDir(tmp_path / D.COIN_FEATURES), num_labels=5)
+
+
+@pytest.mark.slow
+def test_finetune_negatives_on_8_devices_equal_one_device(tmp_path):
+    """train.negatives="global" (the default): on 8 simulated devices every fine-tuning loss
+    sees the whole batch, so losses and SGD updates equal one device's on the same global
+    batch; "local" (each device's shard only) does not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    procs = {d: subprocess.Popen([sys.executable, str(root / "tests" / "finetune_worker.py"), str(d),
+                                  str(tmp_path / f"d{d}.npz")], env=env, cwd=root, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for d in (1, 8)}
+    for proc in procs.values():
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-4000:]
+    one, eight = np.load(tmp_path / "d1.npz"), np.load(tmp_path / "d8.npz")
+    for task in ("msrvtt", "msrvtt_qa", "coin"):
+        params = [k for k in one if k.startswith(f"{task}/global/param")]
+        assert len(params) > 10
+        np.testing.assert_allclose(eight[f"{task}/global/loss"], one[f"{task}/global/loss"], rtol=1e-5)
+        for k in params:
+            np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        # one device: both modes are the same computation
+        np.testing.assert_array_equal(one[f"{task}/local/loss"], one[f"{task}/global/loss"])
+        local_diff = max(np.abs(eight[k.replace("/global/", "/local/")] - one[k]).max() for k in params)
+        assert local_diff > 1e-2, (task, local_diff)
+    for task in ("msrvtt", "msrvtt_qa"):   # 2 rows per device: 1 negative instead of 15
+        assert eight[f"{task}/local/loss"][0] < 0.5 * one[f"{task}/global/loss"][0]
+
+
+def test_finetune_configs_default_to_global_negatives_and_bad_values_are_named():
+    from norton_jax.cli import ConfigError
+    from norton_jax.finetune.losses import make_loss_fn
+    from norton_jax.models.config import load_config_file
+
+    for name in ("finetune_msrvtt", "finetune_msrvtt_qa", "finetune_coin"):
+        assert load_config_file(f"configs/{name}.py").train.negatives == "global"
+        assert load_config_file(f"configs/{name}.py:tiny").train.negatives == "global"
+    with pytest.raises(ConfigError, match=r"train.negatives .*'global', 'local'.*'per_gpu'"):
+        make_loss_fn("msrvtt", "per_gpu")

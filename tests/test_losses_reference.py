@@ -72,3 +72,24 @@ def test_exact_constants_matter(x64):
     total, metrics, _ = loss_and_grads(d, kwargs, jnp.float64)
     err = rel(metrics["loss_video_paragraph"], d["loss_video_paragraph"])
     assert 1e-10 < err < 1e-7
+
+
+def test_matmul_precision_leaves_cpu_numbers_unchanged():
+    """``loss.matmul_precision`` only changes accelerator rounding: on CPU every setting gives
+    the float32 numbers the fixtures were checked with, bit for bit."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("CPU-only statement")
+    from norton_jax.losses import LossConfig
+
+    d, kwargs = load("paper_defaults")
+    results = {}
+    for precision in ("default", "high", "highest"):
+        total, _, grads = loss_and_grads(d, dict(kwargs, matmul_precision=precision), jnp.float32)
+        results[precision] = (float(total), [np.asarray(g) for g in grads])
+    for precision in ("default", "highest"):
+        assert results[precision][0] == results["high"][0]
+        for a, b in zip(results[precision][1], results["high"][1]):
+            np.testing.assert_array_equal(a, b)
+    assert LossConfig().matmul_precision == "high"
+    with pytest.raises(ValueError, match="matmul_precision"):
+        LossConfig(matmul_precision="fp8")

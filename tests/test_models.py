@@ -345,3 +345,31 @@ def test_read_state_dict_fixture_keys():
     sd, meta = read_state_dict(FIXTURE / "checkpoint.pt")
     assert meta == {} and len(sd) == 102
     assert all(k.startswith("mmmodel.") for k in sd)
+
+
+#: Documented in docs/hardware.md ("Precision policy"): bfloat16 encoders with the float32 loss.
+BF16_OUTPUT_TOL = 0.1  # max abs error of the encoder outputs (LayerNorm outputs, values of order 1)
+BF16_LOSS_RTOL = 0.01  # relative error of Norton's loss on those outputs
+
+
+def test_bfloat16_encoders_keep_parity_with_the_reference_fixture(expected):
+    """The reference checkpoint in bfloat16 compute: outputs and the (float32) loss stay within
+    the documented tolerance of the fixture's float32 reference values."""
+    from norton_jax.losses import norton_loss
+
+    model = build_pretrained(FIXTURE / "checkpoint.pt", fixture_config().replace(dtype="bfloat16"))
+    model.eval()
+    inputs = (expected["caps"], expected["cmasks"], expected["vfeats"], expected["vmasks"])
+    out = nnx.jit(lambda mdl, *x: mdl(*x))(model, *inputs)
+    for key in ("pooled_video", "pooled_text", "video_outputs", "text_outputs"):
+        assert out[key].dtype == jnp.float32
+        err = np.abs(np.asarray(out[key], np.float64) - expected[key]).max()
+        assert 0 < err < BF16_OUTPUT_TOL, (key, err)
+
+    def loss(o):
+        return float(norton_loss(o["pooled_video"], o["pooled_text"], o["video_outputs"], o["text_outputs"],
+                                 o["video_mask_outputs"], o["text_mask_outputs"], seq_len=3)[0])
+
+    ref = loss({k: jnp.asarray(v) for k, v in expected.items()})
+    got = loss(out)
+    assert abs(got - ref) / abs(ref) < BF16_LOSS_RTOL, (got, ref)

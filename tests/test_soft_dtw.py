@@ -167,14 +167,29 @@ def test_config_and_ablation_rows_select_soft_dtw():
     import importlib.util
     import os
 
-    from norton_jax.train import loss_kwargs_from_config
+    from norton_jax.losses import LossConfig
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "ablation.py")
     spec = importlib.util.spec_from_file_location("ablation_config_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    kw = loss_kwargs_from_config(module.get_config("TempCLR").loss)
-    assert kw["sequence_distance"] == "soft_dtw" and kw["prompt_ratio"] is None
-    kw = loss_kwargs_from_config(module.get_config("OT").loss)
-    assert kw["sequence_distance"] == "ot" and kw["prompt_ratio"] is None and kw["alpha"] == 1.0
-    assert loss_kwargs_from_config(module.get_config("J").loss)["sequence_distance"] == "ot"
+    cfg = LossConfig.from_config(module.get_config("TempCLR"))
+    assert cfg.sequence_distance == "soft_dtw" and cfg.prompt_ratio is None
+    cfg = LossConfig.from_config(module.get_config("OT").loss)
+    assert cfg.sequence_distance == "ot" and cfg.prompt_ratio is None and cfg.alpha == 1.0
+    assert LossConfig.from_config(module.get_config("J").loss).sequence_distance == "ot"
+
+
+def test_config_soft_dtw_gamma_reaches_the_loss():
+    """``loss.soft_dtw_gamma`` from a config changes the loss (the old keyword mirror dropped it)."""
+    from norton_jax.losses import LossConfig
+
+    config = {"prompt_ratio": None, "sequence_distance": "soft_dtw", "soft_dtw_gamma": 1.0, "seq_len": 8}
+    cfg = LossConfig.from_config(config)
+    assert cfg.soft_dtw_gamma == 1.0
+    args = _inputs(b=16)
+    a = float(losses.video_paragraph_loss(*args, config=cfg))
+    b = float(losses.video_paragraph_loss(*args, config=cfg.replace(soft_dtw_gamma=0.1)))
+    assert abs(a - b) > 1e-4
+    with pytest.raises(ValueError, match="soft_dtw_gama"):
+        LossConfig.from_config({"soft_dtw_gama": 1.0})

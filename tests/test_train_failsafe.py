@@ -19,7 +19,8 @@ from norton_jax.checkpoint import Checkpointer
 from norton_jax.cli import ConfigError
 from norton_jax.models.config import load_config_file
 from norton_jax.train import train_and_evaluate, truncate_metrics
-from norton_jax.training.validate import validate_config, validate_finetune_config
+from norton_jax.finetune.config import validate_finetune_config
+from norton_jax.training.validate import validate_config
 from test_train import read_metrics, small_config, store  # noqa: F401 - `store` is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def _unlock(path: str) -> None:
 
 # -- 1. a failed save --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_with_one_error_and_the_process_exits(store, tmp_path):
     workdir = str(tmp_path / "w")
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -95,6 +97,7 @@ def test_a_failed_save_stops_the_run_with_one_error_and_the_process_exits(store,
 
 # -- 2. signals and exit statuses --------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_command_exits_143(store, tmp_path):
     workdir = tmp_path / "term"
     proc = subprocess.Popen(
@@ -272,6 +275,7 @@ def test_truncate_metrics_keeps_each_step_once(tmp_path):
     assert truncate_metrics(str(path), 2) == 0
 
 
+@pytest.mark.slow
 def test_a_resume_after_a_lost_save_logs_each_step_once(store, tmp_path):
     workdir = str(tmp_path / "w")
     train_and_evaluate(_fast(small_config(store, steps=4, checkpoint_every=2)), workdir)

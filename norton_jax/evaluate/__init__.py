@@ -1,5 +1,13 @@
 """Downstream evaluation of Norton (spec §5): metrics on similarity matrices and loaders
-for the official benchmark files.  See ``docs/evaluation.md``."""
+for the official benchmark files.  See ``docs/evaluation.md``.
+
+Modules: :mod:`.loaders` (official files), :mod:`.sources` (clip / alignment sets from files or a
+feature store), :mod:`.metrics` (pure metric functions), :mod:`.windows` (sliding windows and
+stitching), :mod:`.caption_similarity` (caption-by-second similarity), :mod:`.tasks` (the task
+registry and scoring), :mod:`.report` (table, JSON), :mod:`.run` (``evaluate_checkpoint``).
+"""
+
+import types as _types
 
 from norton_jax.evaluate.loaders import (
     COINData,
@@ -18,6 +26,7 @@ from norton_jax.evaluate.loaders import (
     youcook_background_windows,
 )
 from norton_jax.evaluate.metrics import (
+    alignment_recall,
     coin_video_targets,
     coin_windows,
     coin_zero_shot_predictions,
@@ -36,4 +45,5 @@ from norton_jax.evaluate.metrics import (
     roc_auc,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in ("loaders", "metrics")]
+__all__ = [name for name, value in dict(globals()).items()
+           if not name.startswith("_") and not isinstance(value, _types.ModuleType)]

@@ -24,7 +24,8 @@ configure_tensorflow_environment()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from norton_jax.evaluate.run import TASKS  # noqa: PLC0415
+    from norton_jax.evaluate.tasks import TASKS  # noqa: PLC0415
+    from norton_jax.inference.checkpoints import parse_step_arg  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="python -m norton_jax.evaluate",
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--features", default=None, help="folder of <video_id>.npy overriding the default in --data")
     parser.add_argument("--config", default=None,
                         help="config file giving the model geometry (needed for .pt files without one)")
-    parser.add_argument("--step", type=int, default=None, help="orbax step (default: latest)")
+    parser.add_argument("--step", type=parse_step_arg, default=None,
+                        help="orbax step: an integer, 'best' or 'latest' (default: latest)")
     parser.add_argument("--split", default="val", help="feature-store split (youcook2-mnc; default val)")
     parser.add_argument("--coin-split", default="testing", help="COIN subset (default testing)")
     parser.add_argument("--otam-variant", default="reference", choices=("reference", "textbook"),
@@ -61,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from norton_jax.evaluate.run import (  # noqa: PLC0415
-        TASKS, check_writable, evaluate_checkpoint, format_table, load_model, write_json,
-    )
+    from norton_jax.evaluate.report import check_writable, format_table, write_json  # noqa: PLC0415
+    from norton_jax.evaluate.run import evaluate_checkpoint  # noqa: PLC0415
+    from norton_jax.evaluate.tasks import TASKS  # noqa: PLC0415
+    from norton_jax.inference import load_model  # noqa: PLC0415
 
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]

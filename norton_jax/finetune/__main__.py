@@ -6,7 +6,8 @@
         --workdir WORKDIR --eval_only        # test-split metrics of the latest checkpoint
 
 ``--init``: a reference ``.pt`` (VideoCLIP / Norton), a ``.safetensors`` export, or an
-orbax checkpoint folder / training workdir.  ``--data``: the folder with the task's
+orbax checkpoint folder / training workdir; ``--init_step best`` (or an integer) picks a
+step of the latter (default: the latest; ``best``: the lowest validation loss).  ``--data``: the folder with the task's
 official files (``docs/finetuning.md``).  Any config field can be overridden with
 ``--config.<field>=value`` (ml_collections).  Progress goes to stderr, the summary JSON
 to stdout; see :mod:`norton_jax.finetune.trainer` for what the workdir holds.
@@ -19,7 +20,6 @@ SIGINT after saving (rerun the same command to resume).
 from __future__ import annotations
 
 import json
-import os
 
 from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E402
 
@@ -27,22 +27,35 @@ configure_tensorflow_environment()
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
+from norton_jax import cli  # noqa: E402
+from norton_jax.checkpoint import parse_step  # noqa: E402
 from norton_jax.finetune.trainer import finetune  # noqa: E402
-# --config (a config file, here configs/finetune_*.py[:tiny]), --workdir and --debug are the
-# pre-training CLI's flags, defined when norton_jax.train is imported.
-from norton_jax.train import config_and_workdir_from_flags, exit_status, run_absl_cli  # noqa: E402
+from norton_jax.training import absl_cli  # noqa: E402
+from norton_jax.training.absl_cli import exit_status  # noqa: E402
 
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config file (configs/finetune_*.py[:tiny]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config go.")
+_DEBUG = flags.DEFINE_bool("debug", False, f"Show the full traceback of an error (or set {cli.DEBUG_ENV}=1).")
 _INIT = flags.DEFINE_string("init", None, "Pre-trained checkpoint to start from (.pt, .safetensors, orbax dir).")
+_INIT_STEP = flags.DEFINE_string("init_step", None,
+                                 "Step of an orbax --init folder: an integer, 'best' or 'latest' (default).")
 _DATA = flags.DEFINE_string("data", None, "Folder with the task's files (overrides config.data.dir).")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest checkpoint on the test split.")
 
 
 def main(argv: list[str]) -> int:
     del argv
-    config, workdir = config_and_workdir_from_flags()
+    config, workdir = absl_cli.config_and_workdir(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
     if _INIT.value:
         config.train.init_checkpoint = _INIT.value
+    if _INIT_STEP.value is not None:
+        try:
+            step = parse_step(_INIT_STEP.value)
+        except ValueError as err:
+            raise cli.UserError(f"--init_step: {err}") from None
+        config.train.init_step = "" if step is None else str(step)
     if _DATA.value:
         config.data.dir = _DATA.value
     summary = finetune(config, workdir, eval_only=_EVAL_ONLY.value)
@@ -52,4 +65,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    run_absl_cli(main, "python -m norton_jax.finetune")
+    absl_cli.run_absl_cli(main, "python -m norton_jax.finetune", debug=lambda: _DEBUG.value)

@@ -9,10 +9,13 @@ spec §4.6), i.e. a nearly constant learning rate after warm-up.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ml_collections import ConfigDict
 
+from norton_jax.finetune.losses import TASK_LOSSES
 from norton_jax.models.config import paper_model_config, tiny_model_config
-from norton_jax.training import defaults
+from norton_jax.training import defaults, validate
 
 
 def optim_config() -> ConfigDict:
@@ -39,6 +42,9 @@ def train_config(*, epochs: int, batch_size: int = 0, videos_per_device: int = 1
             progress=True,
             stop_after_steps=0,  # > 0: stop (and save) after this many steps of this run
             distributed=False,  # call jax.distributed.initialize()
+            on_non_finite="stop",  # "stop" | "skip": a NaN/inf loss or gradient skips the update
+            max_skipped=0,  # "skip": more than this many skipped steps in a row still stop the run
+            init_step="",  # --init_step: "" / "latest", "best" or a step of an orbax --init
         )
     )
 
@@ -94,3 +100,47 @@ def paper_model(num_labels: int = 0) -> ConfigDict:
     model = paper_model_config()
     model.num_labels = num_labels
     return model
+
+
+def validate_finetune_config(config: Any) -> None:
+    """Checks a fine-tuning config (``configs/finetune_*.py``); one ConfigError for every problem."""
+    c = validate.ConfigChecker(config)
+    task = c.choice("task", sorted(TASK_LOSSES))
+    validate.check_model(c)
+    num_labels = c.get("model.num_labels", 0)
+    if task == "coin" and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2):
+        c.bad("model.num_labels", num_labels, "the COIN class count (779) for task 'coin'")
+    if task is not None and task != "coin" and num_labels:
+        c.bad("model.num_labels", num_labels, "0: only the 'coin' task has a classifier")
+    steps = c.integer("train.steps", minimum=0, default=0)
+    if not steps:
+        c.integer("train.epochs", minimum=1)
+    if task == "coin":
+        c.integer("train.videos_per_device", minimum=1)
+    elif task is not None:
+        c.integer("train.batch_size", minimum=2)
+    c.integer("train.seed", minimum=0)
+    c.choice("train.trainable", validate.TRAINABLE_MODES)
+    c.integer("train.log_every", minimum=1)
+    c.integer("train.checkpoint_every", minimum=0)
+    c.integer("train.keep_checkpoints", minimum=1)
+    c.integer("train.stop_after_steps", minimum=0, default=0)
+    c.choice("train.negatives", ("global", "local"), default="global")
+    validate.check_loop_safety(c)
+    validate.check_optim(c)
+    if not c.get("data.dir", ""):
+        c.problems.append("no data folder: pass --data DIR (or set config.data.dir)")
+    c.integer("data.seed", minimum=0, default=0)
+    c.choice("data.missing", ("drop", "error"), default="drop")
+    if task == "coin":
+        c.integer("data.stride", minimum=1)
+        c.integer("data.size", minimum=1)
+        c.integer("eval.stride", minimum=1, default=16)
+    elif task is not None:
+        c.integer("data.dup", minimum=1)
+        c.integer("data.max_video_len", minimum=1)
+        c.integer("data.max_len", minimum=1)
+    c.integer("eval.batch_size", minimum=1, default=64)
+    c.integer("eval.every_steps", minimum=0, default=0)
+    c.integer("eval.max_videos", minimum=0, default=0)
+    c.raise_if_any("fine-tuning config")

@@ -41,7 +41,7 @@ import numpy as np
 
 from norton_jax.evaluate import loaders as L
 from norton_jax.evaluate.metrics import coin_video_targets, coin_windows
-from norton_jax.evaluate.run import Layout, text_inputs, video_inputs
+from norton_jax.inference import Layout, text_inputs, video_inputs
 
 IGNORE_INDEX = -100
 

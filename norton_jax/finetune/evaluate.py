@@ -1,8 +1,8 @@
 """Test-split evaluation of a fine-tuned model (spec §5.5-5.7).
 
-MSR-VTT retrieval and QA use the evaluation CLI's own protocol functions
-(:func:`norton_jax.evaluate.run.eval_msrvtt`, :func:`~norton_jax.evaluate.run.eval_msrvtt_qa`),
-so the numbers equal ``python -m norton_jax.evaluate --task msrvtt|msrvtt_qa``.  COIN
+MSR-VTT retrieval and QA are scored by the evaluation's task registry
+(:data:`norton_jax.evaluate.tasks.TASKS`, entries ``msrvtt`` / ``msrvtt_qa``), so the numbers
+equal ``python -m norton_jax.evaluate --task msrvtt|msrvtt_qa``.  COIN
 after fine-tuning is scored with the classifier head (``COINPredictor``), which the
 evaluation CLI's zero-shot ``coin`` task does not use: :func:`eval_coin_finetuned`.
 """
@@ -14,15 +14,16 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
 from norton_jax.evaluate import loaders as L
 from norton_jax.evaluate import metrics as M
-from norton_jax.evaluate import run as R
-from norton_jax.finetune.data import resolve_in, window_bucket
+from norton_jax.evaluate.sources import truncate
+from norton_jax.evaluate.tasks import TASKS, EvalOptions
+from norton_jax.finetune.data import resolve_in
+from norton_jax.inference import Encoder, run_padded, video_inputs
 from norton_jax.models.dual_encoder import DualEncoder
 
 
@@ -38,25 +39,19 @@ def coin_video_logits(
     """Merged per-second class scores ``[T, C]`` of one video (spec §5.7, ``COINPredictor``).
 
     The video's windows (``stride``, ``size``; [CLS] masked) go through the classifier in
-    chunks padded to a power of two; the valid frames' logits of every window are summed
-    into the seconds they cover and divided by the coverage count
+    chunks of at most ``max_windows`` padded to a power of two (at least 8;
+    :func:`norton_jax.inference.run_padded`); the valid frames' logits of every window are
+    summed into the seconds they cover and divided by the coverage count
     (:func:`norton_jax.evaluate.metrics.merge_window_scores`).
     """
     graphdef, state = nnx.split(model)
     t = int(features.shape[0])
     windows = M.coin_windows(t, stride=stride, size=size)
-    caps, cmasks, vfeats, vmasks = R.video_inputs(
+    arrays = video_inputs(
         [np.asarray(features[a:b], np.float32) for a, b in windows], size, mask_cls=True,
         feature_dim=model.config.video_input_dim,
     )
-    blocks = []
-    for start in range(0, len(windows), max_windows):
-        sl = slice(start, start + max_windows)
-        n = len(caps[sl])
-        pad = window_bucket(n) - n
-        arrays = [np.concatenate([a[sl], np.repeat(a[sl][:1], pad, axis=0)]) for a in (caps, cmasks, vfeats, vmasks)]
-        blocks.append(np.asarray(_frame_logits(graphdef, state, *map(jnp.asarray, arrays)))[:n])
-    logits = np.concatenate(blocks)  # [W, size, C]
+    logits = run_padded(functools.partial(_frame_logits, graphdef, state), arrays, max_windows, minimum=8)[0]
     return M.merge_window_scores(t, list(logits), stride=stride, size=size)
 
 
@@ -98,22 +93,14 @@ def evaluate_task(model: DualEncoder, config: ml_collections.ConfigDict, data_di
         result = eval_coin_finetuned(model, data, stride=int(ev.stride), size=int(config.data.size))
         missing = data.missing.count
     else:
-        fdir = L.FeatureDir(resolve_in(data_dir, config.data.features))
-        encoder = R.Encoder(model, batch_size=int(ev.batch_size))
-        if task == "msrvtt":
-            data = L.load_msrvtt(test_path, fdir)
-            if limit:
-                data = L.MSRVTTRetrieval(data.video_ids[:limit], data.sentences[:limit], data.keys[:limit],
-                                         data.features, data.missing)
-            result = R.eval_msrvtt(encoder, data)
-        elif task == "msrvtt_qa":
-            data = L.load_msrvtt_mc(test_path, fdir)
-            if limit:
-                data = L.MSRVTTMultipleChoice(data.video_ids[:limit], data.options[:limit], data.answers[:limit],
-                                              data.features, data.missing)
-            result = R.eval_msrvtt_qa(encoder, data)
-        else:
+        if task not in ("msrvtt", "msrvtt_qa"):
             raise ValueError(f"unknown fine-tuning task {task!r}")
+        fdir = L.FeatureDir(resolve_in(data_dir, config.data.features))
+        data = (L.load_msrvtt if task == "msrvtt" else L.load_msrvtt_mc)(test_path, fdir)
+        if limit:
+            data = truncate(data, limit)
+        encoder = Encoder(model, batch_size=int(ev.batch_size))
+        result = TASKS[task].score(encoder, data, EvalOptions())
         missing = data.missing.count
     return {"metrics": result["metrics"], "counts": result["counts"], "missing": missing}
 

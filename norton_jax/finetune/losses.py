@@ -13,6 +13,14 @@ pooled (un-normalised) embeddings, with no temperature (trap T1), mean over the 
 
 :func:`make_loss_fn` wraps them as the per-device ``loss_fn(model, batch, rngs)`` that
 :func:`norton_jax.training.step.make_train_step` takes.
+
+Negatives on several devices (``train.negatives``): the authors fine-tune on one GPU, so
+each loss sees the whole batch (512 retrieval / 128 QA pairs).  ``"global"`` (default)
+keeps that on D devices: the pooled embeddings are ``all_gather``ed over the ``"data"``
+axis and every device computes the loss of the whole configured batch (for COIN: the mean
+over every scored frame of the batch), as ``train.negatives="global"`` does in
+pre-training; the averaged gradient is that of the one-device loss.  ``"local"``: each
+device's loss sees only its shard (1/D of the negatives), the device losses are averaged.
 """
 
 from __future__ import annotations
@@ -21,10 +29,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from norton_jax.training.step import LossFn
+from norton_jax.cli import ConfigError
+from norton_jax.training.step import DATA_AXIS, LossFn
 
 IGNORE_INDEX = -100
 TASK_LOSSES = {"msrvtt": "t2v", "msrvtt_qa": "v2t", "coin": "frame_ce"}
+NEGATIVES = ("global", "local")  # train.negatives of the fine-tuning configs
+
+
+def _gather(x: jax.Array) -> jax.Array:  # [b, ...] (this device) -> [D*b, ...] (the global batch)
+    return jax.lax.all_gather(x, DATA_AXIS, tiled=True)
 
 
 def _diagonal_ce(logits: jax.Array) -> jax.Array:  # [B, B] -> []
@@ -74,7 +88,7 @@ def frame_cross_entropy(
     return loss, count
 
 
-def make_loss_fn(task: str) -> LossFn:
+def make_loss_fn(task: str, negatives: str = "global") -> LossFn:
     """The per-device ``loss_fn(model, batch, rngs) -> (loss, metrics)`` of a fine-tuning task.
 
     * ``msrvtt``: the model on ``caps, cmasks, vfeats, vmasks`` (dropout on), T2V loss;
@@ -82,10 +96,17 @@ def make_loss_fn(task: str) -> LossFn:
     * ``coin``: ``model.classify_frames`` on the windows, frame CE against ``targets
       [B, Lv]`` (-100 on padded frames).
 
+    ``negatives`` (see the module docstring): ``"global"`` = the loss of the whole batch
+    gathered over the ``"data"`` axis (the function then runs only inside the train step's
+    ``shard_map``), ``"local"`` = the loss of this device's shard.
+
     Metrics: ``loss_total`` (and ``frames`` for COIN: scored frames on the device).
     """
     if task not in TASK_LOSSES:
         raise ValueError(f"unknown fine-tuning task {task!r}; choose one of {sorted(TASK_LOSSES)}")
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"train.negatives must be one of {list(NEGATIVES)}, got {negatives!r}")
+    gather = negatives == "global"
 
     if task == "coin":
 
@@ -95,16 +116,25 @@ def make_loss_fn(task: str) -> LossFn:
                 deterministic=False, rngs=rngs,
             )  # [B, Lv, C]
             loss, count = frame_cross_entropy(logits, batch["targets"])
+            if gather:
+                # mean over the scored frames of the whole batch: device d contributes
+                # D * sum_d / N, so the mean over devices (of loss and gradient) is sum / N
+                devices = jax.lax.psum(1, DATA_AXIS)
+                total = jax.lax.psum(count, DATA_AXIS)
+                loss = loss * (devices * count / jnp.maximum(total, 1)).astype(jnp.float32)
             return loss, {"loss_total": loss, "frames": count.astype(jnp.float32)}
 
         return coin_loss
 
     def contrastive_loss(model, batch, rngs):
         out = model(batch["caps"], batch["cmasks"], batch["vfeats"], batch["vmasks"], deterministic=False, rngs=rngs)
+        video, text = out["pooled_video"], out["pooled_text"]  # [b, D] each
+        if gather:  # every device: the loss of the global batch [B, D]
+            video, text = _gather(video), _gather(text)
         if task == "msrvtt":
-            loss = t2v_contrastive_loss(out["pooled_text"], out["pooled_video"])
+            loss = t2v_contrastive_loss(text, video)
         else:
-            loss = v2t_contrastive_loss(out["pooled_video"], out["pooled_text"])
+            loss = v2t_contrastive_loss(video, text)
         return loss, {"loss_total": loss}
 
     return contrastive_loss

@@ -1,11 +1,14 @@
 """The fine-tuning loop (spec §5.5-5.7): the pre-training machinery with a task loss.
 
-Everything but the data and the loss is shared with :mod:`norton_jax.train`: the
+Everything but the data and the loss is shared with pre-training (:mod:`norton_jax.training`): the
 ``shard_map`` train step over the ``("data",)`` mesh (:func:`~norton_jax.training.step.make_train_step`
 with a ``loss_fn``), Adam with warm-up + linear decay + clipping
 (:func:`~norton_jax.training.step.make_optimizer`), orbax checkpoints
 (:class:`~norton_jax.checkpoint.Checkpointer`), the metrics JSONL/TensorBoard logger,
-the non-finite guard and the SIGTERM handler.
+the non-finite guard (``train.on_non_finite``: ``"stop"`` or ``"skip"``) and the SIGTERM
+handler (:mod:`norton_jax.training.metrics`, :mod:`~norton_jax.training.guards`,
+:mod:`~norton_jax.training.resume`).  Workdir files other than orbax's go through
+:mod:`data_pipeline.fileio` (a ``gs://`` workdir works).
 
 What a run writes to ``workdir``: ``config.json``; ``checkpoints/<step>/`` (parameters incl.
 the COIN classifier, optimiser state, RNG) every ``train.checkpoint_every`` steps (0 = every
@@ -15,7 +18,7 @@ A restarted run with the same workdir resumes from the latest checkpoint: batche
 function of the step, so it continues exactly.
 
 The safety checks are those of pre-training (:mod:`norton_jax.train`): the config is
-validated first (:func:`~norton_jax.training.validate.validate_finetune_config`), resuming
+validated first (:func:`~norton_jax.finetune.config.validate_finetune_config`), resuming
 checks the geometry and skips damaged steps, ``config.json`` is written after those checks,
 ``metrics.jsonl`` is cut back to the restored step, a failed save stops the run with one
 error, and SIGTERM / SIGINT save and stop with ``"signal"`` in the summary (the command
@@ -33,10 +36,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
-from norton_jax.checkpoint import CheckpointError, Checkpointer, checkpoint_root
+from data_pipeline import fileio
+from norton_jax.checkpoint import CheckpointError, Checkpointer, checkpoint_root, parse_step
+from norton_jax.finetune.config import validate_finetune_config
 from norton_jax.finetune.data import (
     COINBatches,
     CaptionBatches,
@@ -47,10 +51,12 @@ from norton_jax.finetune.data import (
 from norton_jax.finetune.evaluate import evaluate_task, main_metric
 from norton_jax.finetune.losses import make_loss_fn
 from norton_jax.models.dual_encoder import DualEncoder, init_model
-from norton_jax.train import MetricLogger, _raise_if_non_finite, _StopRequested, _write_json_atomic
-from norton_jax.train import maybe_initialize_distributed, precheck_resume, restore_for_resume
-from norton_jax.train import say as train_say
-from norton_jax.training.validate import validate_finetune_config
+from norton_jax.training.guards import NonFiniteGuard, StopRequested
+from norton_jax.training.metrics import MetricLogger, write_workdir_json
+from norton_jax.training.progress import maybe_initialize_distributed
+from norton_jax.training.progress import say as train_say
+from norton_jax.training.resume import check_resume_geometry, precheck_resume, restore_for_resume
+from norton_jax.training.validation import host_copy
 from norton_jax.training.step import (
     ModelParts,
     init_train_state,
@@ -96,9 +102,21 @@ def _has_classifier(path: str) -> bool:
     return any(normalise_key(k) == "video_encoder.classifier.weight" for k in keys)
 
 
-def load_init(model: DualEncoder, path: str, *, seed: int = 0) -> str:
+def _load_orbax_step(model: DualEncoder, root: str, step: int | str) -> None:
+    """``model``'s parameters from step ``step`` (an integer or ``"best"``) of the orbax folder ``root``."""
+    with Checkpointer(root, max_to_keep=None, enable_async=False) as ckpt:
+        check_resume_geometry(ckpt.model_config(step), model.config, root)
+        restored = ckpt.restore(step, params=nnx.state(model, nnx.Param))
+    nnx.update(model, restored.params)
+
+
+def load_init(model: DualEncoder, path: str, *, seed: int = 0, step: int | str | None = None) -> str:
     """Fills ``model`` from a pre-trained checkpoint (reference ``.pt``, ``.safetensors``
     export, orbax checkpoint folder or training workdir); returns a description.
+
+    ``step`` (orbax folders only; ``--init_step``): an integer, ``"best"`` (the step with the
+    lowest validation loss, :meth:`~norton_jax.checkpoint.Checkpointer.save_best`) or
+    None / ``"latest"`` for the latest step.
 
     A model with a COIN classifier (``model.num_labels > 0``) started from a checkpoint
     without one (every pre-trained Norton / VideoCLIP checkpoint) keeps its freshly
@@ -109,14 +127,25 @@ def load_init(model: DualEncoder, path: str, *, seed: int = 0) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"--init checkpoint not found: {path}")
+    step = parse_step(step)
     source = _orbax_dir(path) or path
+    if step is not None and _orbax_dir(path) is None:
+        raise ValueError(f"--init_step {step} names a step of an orbax checkpoint folder; {path} is a file")
+
+    def load(target: DualEncoder) -> None:
+        if step is None:
+            import_torch.load_pretrained(target, source)
+        else:
+            _load_orbax_step(target, source, step)
+
+    where = source if step is None else f"{source} (step {step})"
     if model.config.num_labels > 0 and not _has_classifier(path):
         backbone = DualEncoder(model.config.replace(num_labels=0), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-        import_torch.load_pretrained(backbone, source)
+        load(backbone)
         nnx.update(model, nnx.state(backbone, nnx.Param))
-        return f"{source} (classifier newly initialised)"
-    import_torch.load_pretrained(model, source)
-    return source
+        return f"{where} (classifier newly initialised)"
+    load(model)
+    return where
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,16 +184,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _host_model(parts: ModelParts, trainable: Any) -> DualEncoder:
     """An eval copy of the model with host-fetched (then single-device) parameters."""
-    model = merge_model(parts, trainable)
-    graphdef, state = nnx.split(model)
-
-    def local(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = np.asarray(jax.device_get(jax.random.key_data(x)))
-            return jax.random.wrap_key_data(jnp.asarray(data), impl=jax.random.key_impl(x))
-        return jnp.asarray(np.asarray(jax.device_get(x)))
-
-    return nnx.merge(graphdef, jax.tree.map(local, state))
+    return host_copy(merge_model(parts, trainable))
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False) -> dict[str, Any]:
@@ -176,10 +196,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool
     check_config(config)
     maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     data_dir = os.path.expanduser(config.data.dir)
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        fileio.join(workdir, "checkpoints"),
         max_to_keep=int(config.train.keep_checkpoints),
         model_config=config.model,
     )
@@ -201,7 +221,8 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
     model = init_model(config.model, seed=int(config.train.seed))
     resumed = ckpt.latest_step() is not None
     if not resumed and config.train.get("init_checkpoint"):
-        say(f"initialised from {load_init(model, config.train.init_checkpoint, seed=int(config.train.seed))}")
+        say("initialised from " + load_init(model, config.train.init_checkpoint, seed=int(config.train.seed),
+                                            step=config.train.get("init_step") or None))
     elif not resumed:
         say("no --init checkpoint and no checkpoint in the workdir: starting from a random initialisation")
 
@@ -211,6 +232,7 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
     tx, schedule = make_optimizer(config.optim, int(config.optim.get("total_steps") or total))
     parts, trainable = split_model(model, config.train.trainable)
     state = init_train_state(trainable, tx, int(config.train.seed))
+    skipped = 0
     if resumed:
         restored = restore_for_resume(ckpt, model_config=model.config, params=nnx.state(model, nnx.Param),
                                       opt_state=state.opt_state, rng=state.rng, report=say,
@@ -219,9 +241,13 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
         parts, trainable = split_model(model, config.train.trainable)
         state = state._replace(step=jnp.asarray(restored.step, jnp.int32), trainable=trainable,
                                opt_state=restored.opt_state, rng=restored.rng)
+        skipped = int((restored.extra or {}).get("skipped_steps", 0))
         say(f"{'evaluating' if eval_only else 'resumed from'} step {restored.step} of {workdir}")
     if is_main and not eval_only:  # only now: a failed resume check leaves config.json as it was
-        _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+        write_workdir_json(workdir, "config.json", config.to_dict())
+    guard = NonFiniteGuard(config.train.get("on_non_finite", "stop"), config.train.get("max_skipped", 0),
+                           skipped=skipped, report=say)
+    tx = guard.wrap(tx)  # "skip": a non-finite step leaves parameters and optimiser state as they were
 
     parts = ModelParts(parts.graphdef, replicate(parts.frozen, mesh), replicate(parts.rest, mesh))
     live = {"state": replicate(state, mesh)}  # the current TrainState (donated each step)
@@ -238,7 +264,7 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
         result["step"] = step
         result["seconds"] = round(time.perf_counter() - t0, 3)
         evaluations[step] = result
-        _write_json_atomic(os.path.join(workdir, f"eval_step{step}.json"), result)
+        write_workdir_json(workdir, f"eval_step{step}.json", result)
         logger.write(step, {f"eval/{k}": float(v) for k, v in result["metrics"].items()})
         key = main_metric(config.task)
         say(f"step {step}: test {key} = {result['metrics'][key]:.4f} ({result['counts']})")
@@ -246,20 +272,22 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
     def save(step: int) -> None:
         full = merge_model(parts, live["state"].trainable)
         ckpt.save(step, params=nnx.state(full, nnx.Param), opt_state=live["state"].opt_state,
-                  rng=live["state"].rng, extra={"task": config.task, "epoch": step / steps_per_epoch},
+                  rng=live["state"].rng,
+                  extra={"task": config.task, "epoch": step / steps_per_epoch, "skipped_steps": guard.skipped},
                   force=True)
 
     step = start
-    stop = _StopRequested()
+    stop = StopRequested(report=say)
     try:
         if eval_only:
             evaluate(start)
         else:
             if config.eval.at_start and start == 0:
                 evaluate(0)
-            train_step = make_train_step(parts, tx, mesh, loss_fn=make_loss_fn(config.task))
+            loss_fn = make_loss_fn(config.task, config.train.get("negatives", "global"))
+            train_step = make_train_step(parts, tx, mesh, loss_fn=loss_fn)
             step = _train_loop(config, live, train_step, mesh, schedule, batches, total, save, evaluate,
-                               logger, stop, is_main)
+                               logger, stop, is_main, guard)
             ckpt.wait_until_finished()  # the last save must have been written before evaluating it
             if config.eval.at_end and step == total and step not in evaluations:
                 evaluate(step)
@@ -275,18 +303,19 @@ def _finetune(config, workdir, ckpt, data_dir, is_main, eval_only) -> dict[str, 
         "step": step,
         **({} if eval_only else {"total_steps": total, "steps_per_epoch": steps_per_epoch}),
         "workdir": workdir,
-        "checkpoint": None if latest is None else os.path.join(workdir, "checkpoints", str(latest)),
+        "checkpoint": None if latest is None else fileio.join(workdir, "checkpoints", str(latest)),
+        **({"skipped_steps": guard.skipped} if guard.mode == "skip" else {}),
         "interrupted": bool(stop.requested),
         "signal": stop.signum if stop.requested else None,
         "eval": {s: r["metrics"] for s, r in sorted(evaluations.items())},
     }
     if is_main:
-        _write_json_atomic(os.path.join(workdir, "eval_summary.json" if eval_only else "summary.json"), summary)
+        write_workdir_json(workdir, "eval_summary.json" if eval_only else "summary.json", summary)
     return summary
 
 
 def _train_loop(config, live, train_step, mesh, schedule, batches, total, save, evaluate, logger, stop,
-                is_main) -> int:
+                is_main, guard: NonFiniteGuard) -> int:
     """Steps from ``live["state"].step`` to ``total`` (or ``train.stop_after_steps`` more);
     returns the last step.  Logs every ``train.log_every`` steps, saves every
     ``train.checkpoint_every`` steps (0 = every epoch) and at the end, evaluates every
@@ -312,11 +341,13 @@ def _train_loop(config, live, train_step, mesh, schedule, batches, total, save, 
                 batch = shard_batch(batches(step), mesh, batches.keys)
                 live["state"], metrics = train_step(live["state"], batch)
                 step += 1
-                # two scalars per step: a bad step stops the run before anything is saved
-                if min(jax.device_get((metrics["inputs_finite"], metrics["finite"]))) < 1:
-                    _raise_if_non_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
-                if step % tc.log_every == 0 or step == stop_at or stop.requested:
+                # two scalars per step: a bad step stops the run (or, "skip", is counted) before
+                # anything is saved
+                skipped = guard.check(metrics, step)
+                if step % tc.log_every == 0 or step == stop_at or stop.requested or skipped:
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if guard.mode == "skip":
+                        row["skipped_steps"] = float(guard.skipped)
                     now = time.perf_counter()
                     row["lr"] = float(schedule(step - 1))
                     row["epoch"] = step / batches.steps_per_epoch

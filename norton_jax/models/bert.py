@@ -203,12 +203,41 @@ class BertStack(nnx.Module):
     """`encoder.layer.{0..n-1}` of the reference."""
 
     def __init__(self, config: ModelConfig, num_layers: int, *, rngs: nnx.Rngs):
+        self.remat = config.remat
         self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(num_layers)])
 
     def __call__(self, hidden, mask_bias, *, deterministic=None, rngs=None):
+        """With `config.remat`, each layer is a `jax.checkpoint` block (`_remat_layer`): only
+        its input is kept for the backward pass, which recomputes the layer's activations.
+        Without dropout the numbers equal the plain call's; with dropout each layer draws
+        its masks from one key of `rngs` (other masks than the plain call, same rate)."""
         for layer in self.layers:
-            hidden = layer(hidden, mask_bias, deterministic=deterministic, rngs=rngs)
+            if self.remat:
+                hidden = _remat_layer(layer, hidden, mask_bias, rngs, deterministic=deterministic)
+            else:
+                hidden = layer(hidden, mask_bias, deterministic=deterministic, rngs=rngs)
         return hidden
+
+
+def _remat_layer(layer: BertLayer, hidden, mask_bias, rngs, *, deterministic):
+    """`layer(...)` under `jax.checkpoint` (only `hidden` is saved for the backward pass).
+
+    The layer enters as state; its dropout draws from one key taken from `rngs` here
+    (`rngs.dropout()`, outside the checkpoint), so the recomputation in the backward pass
+    draws the same masks.  Without `rngs` the layer's own streams would advance inside the
+    checkpoint only, so with dropout active and no `rngs` the layer runs un-rematerialised.
+    """
+    if rngs is None and deterministic is not True:
+        return layer(hidden, mask_bias, deterministic=deterministic, rngs=rngs)
+    graphdef, state = nnx.split(layer)
+    key = None if rngs is None or deterministic is True else rngs.dropout()
+
+    def pure(state, key, hidden, mask_bias):
+        inner = nnx.merge(graphdef, state)
+        inner_rngs = None if key is None else nnx.Rngs(dropout=key)
+        return inner(hidden, mask_bias, deterministic=deterministic, rngs=inner_rngs)
+
+    return jax.checkpoint(pure)(state, key, hidden, mask_bias)
 
 
 class BertModel(nnx.Module):

@@ -25,6 +25,12 @@ Field names follow the reference / HuggingFace BERT config (spec §3.1):
 | dtype | "float32" | compute (activation) dtype; "bfloat16" for mixed precision |
 | param_dtype | "float32" | parameter dtype |
 | num_labels | 0 | COIN fine-tuning head `video_encoder.classifier` (spec §3.6): 779; 0 = none |
+| remat | False | recompute each encoder layer's activations in the backward pass (`nnx.remat`): less memory, ~1/3 more encoder FLOPs; same numbers |
+
+`dtype` is the encoders' matmul dtype: the default float32 runs every encoder matmul at the
+platform's default precision (TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs, float32
+on CPUs); "bfloat16" stores activations in bfloat16 with float32 accumulation. The loss's
+own matmuls follow `config.loss.matmul_precision` (docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     num_labels: int = 0
+    remat: bool = False
 
     def __post_init__(self) -> None:
         positive = (
@@ -82,6 +89,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"model config: {name} must be in [0, 1), got {value!r}")
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"model config: remat must be True or False, got {self.remat!r}")
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)
             if value not in _DTYPES:

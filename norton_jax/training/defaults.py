@@ -59,6 +59,10 @@ def train_config() -> ConfigDict:
             distributed=False,  # call jax.distributed.initialize()
             progress=True,
             stop_after_steps=0,  # > 0: stop (and save) after this many steps of this run
+            on_non_finite="stop",  # "stop" | "skip": a NaN/inf loss or gradient skips the update
+            max_skipped=0,  # "skip": more than this many skipped steps in a row still stop the run
+            eval_every=0,  # > 0: validation loss on data.val_split every N steps; keeps the best step
+            eval_batches=4,  # validation batches per evaluation (the same ones every time)
             hard_negatives=ConfigDict(
                 dict(enabled=True, num_lists=512, num_candidates=192, videos_per_call=8)
             ),
@@ -71,6 +75,7 @@ def data_config() -> ConfigDict:
         dict(
             store="",  # feature-store directory (data_pipeline)
             split="train",
+            val_split="val",  # held-out split for train.eval_every (checkpoint selection)
             build_if_missing="",  # e.g. "youcook2-mnc": build the embedded corpus if the store is missing,
             build_anywhere=False,  # ... only into its default folder unless this is True
             videos_per_device=64,  # V_b: 64 videos x 16 clips = 1024 clips per device

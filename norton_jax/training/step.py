@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from norton_jax.losses import norton_loss
+from norton_jax.losses import LossConfig, norton_loss
 from norton_jax.models.trainable import trainable_filter
 
 DATA_AXIS = "data"
@@ -115,14 +115,16 @@ def make_train_step(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
+    loss_config: LossConfig | None = None,
     loss_kwargs: dict[str, Any] | None = None,
     negatives: Negatives = "local",
     loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted, donated ``train_step(state, batch) -> (state, metrics)``.
 
-    By default the per-device loss is Norton's (``norton_loss(**loss_kwargs)`` on the
-    model's outputs).  ``loss_fn(model, batch, rngs) -> (loss, metrics)`` replaces it (the
+    By default the per-device loss is Norton's (``norton_loss(config=loss_config)`` on the
+    model's outputs; ``loss_kwargs``, a dict of :class:`~norton_jax.losses.LossConfig`
+    fields, is applied on top of ``loss_config`` or of the reference defaults).  ``loss_fn(model, batch, rngs) -> (loss, metrics)`` replaces it (the
     fine-tuning losses, :mod:`norton_jax.finetune`): it runs per device inside
     ``shard_map`` on the device's shard of ``batch`` (so it may use collectives over
     ``"data"`` itself), must use ``rngs`` for dropout, and its ``metrics`` must hold
@@ -130,7 +132,7 @@ def make_train_step(
 
     ``batch`` holds the four model inputs (spec 3.2) as global arrays sharded over the
     mesh's ``"data"`` axis (:func:`shard_batch`); each device's shard must hold whole
-    sequences (a multiple of ``loss_kwargs["seq_len"]`` rows; whole videos in practice).
+    sequences (a multiple of ``loss_config.seq_len`` rows; whole videos in practice).
 
     Metrics (replicated scalars): every entry of ``norton_loss``'s metrics dict averaged
     over devices, ``grad_norm`` (global L2 norm of the averaged gradient),
@@ -141,9 +143,10 @@ def make_train_step(
         raise ValueError(f"negatives must be 'local' or 'global', got {negatives!r}")
     if loss_fn is not None and negatives != "local":
         raise ValueError("a custom loss_fn gathers negatives itself; leave negatives='local'")
-    if loss_fn is None and loss_kwargs is None:
-        raise ValueError("pass loss_kwargs (Norton's loss) or a loss_fn")
-    norton = functools.partial(norton_loss, **(loss_kwargs or {}))
+    if loss_fn is None and loss_kwargs is None and loss_config is None:
+        raise ValueError("pass loss_config (Norton's loss) or a loss_fn")
+    cfg = (loss_config or LossConfig()).replace(**(loss_kwargs or {}))
+    norton = functools.partial(norton_loss, config=cfg)
 
     def compute_loss(trainable, frozen, rest, batch, key):
         model = nnx.merge(parts.graphdef, trainable, frozen, rest)
@@ -191,6 +194,9 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         return jitted(state, parts.frozen, parts.rest, batch)
 
+    # ``train_step.lower(state, batch)``: the jitted program lowered for (abstract) inputs,
+    # e.g. ``.compile().memory_analysis()`` for the compiled memory (benchmarks/train_step.py).
+    train_step.lower = lambda state, batch: jitted.lower(state, parts.frozen, parts.rest, batch)
     return train_step
 
 

@@ -1,7 +1,8 @@
 """Config checks run before any expensive work (corpus build, model init, compilation).
 
 :func:`validate_config` (pre-training, :mod:`norton_jax.train`) and
-:func:`validate_finetune_config` (:mod:`norton_jax.finetune`) look at every numeric and
+:func:`norton_jax.finetune.config.validate_finetune_config` (fine-tuning, built on the
+:class:`ConfigChecker` and the section checks here) look at every numeric and
 enumerated field the loops use and raise **one** :class:`~norton_jax.cli.ConfigError`
 listing every bad value, each as ``config.<field>=<value>: <allowed range>``.  The ranges
 are those the code needs: a value that passes here does not fail later in the loss, the
@@ -16,7 +17,7 @@ from typing import Any, Iterable
 
 from norton_jax.cli import ConfigError
 
-__all__ = ["ConfigChecker", "validate_config", "validate_finetune_config"]
+__all__ = ["ConfigChecker", "check_loop_safety", "validate_config"]
 
 #: Clips sampled per video by the pre-training pipeline (``data_pipeline.sampling``).
 CLIPS_PER_VIDEO = 16
@@ -25,6 +26,7 @@ NEGATIVES = ("local", "global")
 CLIP_SIMILARITY_KINDS = ("lse", "max", "mean")
 FINE_GRAINED = ("reference", "paper")
 SEQUENCE_DISTANCES = ("ot", "soft_dtw")
+ON_NON_FINITE = ("stop", "skip")
 _MISSING = object()
 
 
@@ -110,7 +112,13 @@ class ConfigChecker:
             raise ConfigError(f"{n} invalid {what} value{'s' if n > 1 else ''}: " + "; ".join(self.problems))
 
 
-def _check_model(c: ConfigChecker) -> None:
+def check_loop_safety(c: ConfigChecker) -> None:
+    """``train.on_non_finite`` ("stop" | "skip") and ``train.max_skipped`` (>= 0)."""
+    c.choice("train.on_non_finite", ON_NON_FINITE, default="stop")
+    c.integer("train.max_skipped", minimum=0, default=0)
+
+
+def check_model(c: ConfigChecker) -> None:
     from norton_jax.models.config import ModelConfig  # noqa: PLC0415
 
     model = c.get("model")
@@ -122,7 +130,7 @@ def _check_model(c: ConfigChecker) -> None:
         c.problems.append(str(err).replace("model config: ", "config.model."))
 
 
-def _check_optim(c: ConfigChecker) -> None:
+def check_optim(c: ConfigChecker) -> None:
     c.real("optim.lr", low=0.0, low_open=True)
     c.real("optim.end_lr", low=0.0)
     c.integer("optim.warmup_steps", minimum=0)
@@ -166,7 +174,7 @@ def validate_config(config: Any) -> None:
     the allowed range; returns None when the config is usable.
     """
     c = ConfigChecker(config)
-    _check_model(c)
+    check_model(c)
     c.integer("train.steps", minimum=1)
     c.integer("train.seed", minimum=0)
     c.choice("train.trainable", TRAINABLE_MODES)
@@ -175,11 +183,18 @@ def validate_config(config: Any) -> None:
     c.integer("train.checkpoint_every", minimum=1)
     c.integer("train.keep_checkpoints", minimum=1)
     c.integer("train.stop_after_steps", minimum=0, default=0)
+    check_loop_safety(c)
+    eval_every = c.integer("train.eval_every", minimum=0, default=0)
+    if eval_every:
+        c.integer("train.eval_batches", minimum=1, default=4)
+        val_split = c.get("data.val_split", "val")
+        if not isinstance(val_split, str) or not val_split or val_split == c.get("data.split", "train"):
+            c.bad("data.val_split", val_split, "a held-out split name other than config.data.split, such as 'val'")
     if c.get("train.hard_negatives.enabled", False):
         c.integer("train.hard_negatives.num_lists", minimum=1)
         c.integer("train.hard_negatives.num_candidates", minimum=1)
         c.integer("train.hard_negatives.videos_per_call", minimum=1, default=8)
-    _check_optim(c)
+    check_optim(c)
     store = c.get("data.store")
     if store is not _MISSING and (not isinstance(store, str) or not store.strip()):
         c.bad("data.store", store, "the feature-store folder (--config.data.store=DIR)")
@@ -196,47 +211,3 @@ def validate_config(config: Any) -> None:
         c.bad("data.num_workers", workers, "an integer >= 0, or None for one per core")
     _check_loss(c, None if videos is None else videos * CLIPS_PER_VIDEO)
     c.raise_if_any()
-
-
-def validate_finetune_config(config: Any) -> None:
-    """Checks a fine-tuning config (``configs/finetune_*.py``); one ConfigError for every problem."""
-    from norton_jax.finetune.losses import TASK_LOSSES  # noqa: PLC0415
-
-    c = ConfigChecker(config)
-    task = c.choice("task", sorted(TASK_LOSSES))
-    _check_model(c)
-    num_labels = c.get("model.num_labels", 0)
-    if task == "coin" and (not _is_int(num_labels) or num_labels < 2):
-        c.bad("model.num_labels", num_labels, "the COIN class count (779) for task 'coin'")
-    if task is not None and task != "coin" and num_labels:
-        c.bad("model.num_labels", num_labels, "0: only the 'coin' task has a classifier")
-    steps = c.integer("train.steps", minimum=0, default=0)
-    if not steps:
-        c.integer("train.epochs", minimum=1)
-    if task == "coin":
-        c.integer("train.videos_per_device", minimum=1)
-    elif task is not None:
-        c.integer("train.batch_size", minimum=2)
-    c.integer("train.seed", minimum=0)
-    c.choice("train.trainable", TRAINABLE_MODES)
-    c.integer("train.log_every", minimum=1)
-    c.integer("train.checkpoint_every", minimum=0)
-    c.integer("train.keep_checkpoints", minimum=1)
-    c.integer("train.stop_after_steps", minimum=0, default=0)
-    _check_optim(c)
-    if not c.get("data.dir", ""):
-        c.problems.append("no data folder: pass --data DIR (or set config.data.dir)")
-    c.integer("data.seed", minimum=0, default=0)
-    c.choice("data.missing", ("drop", "error"), default="drop")
-    if task == "coin":
-        c.integer("data.stride", minimum=1)
-        c.integer("data.size", minimum=1)
-        c.integer("eval.stride", minimum=1, default=16)
-    elif task is not None:
-        c.integer("data.dup", minimum=1)
-        c.integer("data.max_video_len", minimum=1)
-        c.integer("data.max_len", minimum=1)
-    c.integer("eval.batch_size", minimum=1, default=64)
-    c.integer("eval.every_steps", minimum=0, default=0)
-    c.integer("eval.max_videos", minimum=0, default=0)
-    c.raise_if_any("fine-tuning config")
