@@ -39,7 +39,6 @@ from data_pipeline.tf_utils import configure_tensorflow_environment  # noqa: E40
 configure_tensorflow_environment()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 #: Dense bfloat16 peak FLOP/s per chip, keyed by a substring of ``device.device_kind``
@@ -109,8 +108,7 @@ def sinkhorn_section(smoke: bool, repeats: int) -> dict[str, Any]:
 def paper_loss_section(smoke: bool, repeats: int) -> dict[str, Any]:
     import torch_norton_loss
 
-    from norton_jax.losses import norton_loss
-    from train_step_full import median_time
+    from train_step_full import compile_loss_and_grad, median_time
 
     b, t_len, f_len, d = (32, 7, 6, 16) if smoke else (1024, 31, 18, 768)
     rng = np.random.default_rng(0)
@@ -121,12 +119,7 @@ def paper_loss_section(smoke: bool, repeats: int) -> dict[str, Any]:
     mv[:, 1] = 1
     mt = (rng.uniform(size=(b, t_len)) > 0.3).astype(np.float32)
     mt[:, 1] = 1
-    fn = jax.jit(jax.value_and_grad(lambda *a: norton_loss(*a, jnp.asarray(mv), jnp.asarray(mt))[0],
-                                    argnums=(0, 1, 2, 3)))
-    args = [jnp.asarray(x) for x in (pv, pt, tv, tt)]
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, args, compile_s = compile_loss_and_grad(pv, pt, tv, tt, mv, mt)
     loss_jax = float(jax.block_until_ready(compiled(*args))[0])
     jax_s, _ = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
     out: dict[str, Any] = {"clips": b, "loss_jax": loss_jax, "jax_compile_s": compile_s, "jax_s": jax_s}

@@ -134,7 +134,7 @@ def paper_geometry_memory(b: int = 1024) -> dict:
 def paper_loss(b: int, repeats: int) -> dict:
     import torch
     import torch_norton_loss
-    from norton_jax.losses import norton_loss
+    from train_step_full import compile_loss_and_grad
 
     t_len, f_len, d = 31, 18, 768
     rng = np.random.default_rng(0)
@@ -151,12 +151,7 @@ def paper_loss(b: int, repeats: int) -> dict:
         mt[i, 1:n + 1] = 1
 
     # Ours: jitted loss + gradient w.r.t. the four float inputs.
-    fn = jax.jit(jax.value_and_grad(lambda *a: norton_loss(*a, jnp.asarray(mv), jnp.asarray(mt))[0],
-                                    argnums=(0, 1, 2, 3)))
-    args = [jnp.asarray(x) for x in (pv, pt, tv, tt)]
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, args, compile_s = compile_loss_and_grad(pv, pt, tv, tt, mv, mt)
     mem = compiled.memory_analysis()
     temp_bytes = int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else None
     loss_jax, _ = compiled(*args)

@@ -312,3 +312,17 @@ def full_step(videos: int, repeats: int, *, dtype: str = "float32", with_torch: 
         report["compiled_working_over_torch"] = ours["compiled"].get("working_bytes", 0) / max(torch_bytes, 1)
     del weights
     return report
+
+
+def compile_loss_and_grad(pv, pt, tv, tt, mv, mt):
+    """Our jitted Norton loss + gradient w.r.t. the four float inputs (masks fixed), compiled
+    ahead of time: ``(compiled, device arguments, compile seconds)``.  Shared by
+    ``train_step.py`` and ``accelerator_check.py`` so that both time the same program."""
+    from norton_jax.losses import norton_loss
+
+    fn = jax.jit(jax.value_and_grad(lambda *a: norton_loss(*a, jnp.asarray(mv), jnp.asarray(mt))[0],
+                                    argnums=(0, 1, 2, 3)))
+    args = [jnp.asarray(x) for x in (pv, pt, tv, tt)]
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, args, time.perf_counter() - t0

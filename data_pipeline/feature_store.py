@@ -56,27 +56,10 @@ from typing import Iterator
 import numpy as np
 
 from data_pipeline import fileio
-from data_pipeline.store_format import (
-    FEATURE_DIM,
-    INDEX_VERSION,
-    DataError,
-    VideoRecord,
-    check_shard_sizes,
-    is_task_index,
-    late_captions,
-    parse_record,
-    serialize_record,
-    shard_prefix,
-    task_index_name,
-    validate_record,
-)
-from data_pipeline.store_writer import (
-    FeatureStoreWriter,
-    check_tasks,
-    merge_task_indexes,
-    missing_tasks,
-    task_range,
-)
+from data_pipeline.store_format import (FEATURE_DIM, INDEX_VERSION, DataError, VideoRecord, check_shard_sizes,
+                                        is_task_index, late_captions, parse_record, serialize_record, shard_prefix,
+                                        task_index_name, validate_record)
+from data_pipeline.store_writer import FeatureStoreWriter, check_tasks, merge_task_indexes, missing_tasks, task_range
 
 __all__ = [
     "FEATURE_DIM", "INDEX_VERSION", "DataError", "VideoRecord", "late_captions", "validate_record",

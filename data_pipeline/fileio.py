@@ -375,24 +375,34 @@ def json_ready(obj: Any, *, nan_as_null: bool = False) -> Any:
     return clean(obj)
 
 
-def atomic_write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None, nan_as_null: bool = False) -> None:
-    """Write ``obj`` as JSON to a temporary name, then rename it to ``path`` (see :func:`replace`).
-
-    numpy scalars and arrays are written as numbers and lists (:func:`json_ready`);
-    ``nan_as_null`` writes non-finite floats as ``null`` (strict JSON) instead of ``NaN``.
-    """
+@contextlib.contextmanager
+def atomic_output(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[Any]:
+    """A file opened for writing (``mode`` "wb" or "w", ``kwargs`` as for :func:`open`) under a
+    temporary name next to ``path``, renamed to ``path`` when the block ends without an error
+    (see :func:`replace`); on an error or interruption the temporary file is removed and
+    ``path`` is untouched."""
     path = _str(path)
-    obj = json_ready(obj, nan_as_null=nan_as_null)
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=indent)
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
         replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             if exists(tmp):
                 remove(tmp)
         raise
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None, nan_as_null: bool = False) -> None:
+    """Write ``obj`` as JSON to a temporary name, then rename it to ``path`` (:func:`atomic_output`).
+
+    numpy scalars and arrays are written as numbers and lists (:func:`json_ready`);
+    ``nan_as_null`` writes non-finite floats as ``null`` (strict JSON) instead of ``NaN``.
+    """
+    obj = json_ready(obj, nan_as_null=nan_as_null)
+    with atomic_output(path, "w") as fh:
+        json.dump(obj, fh, indent=indent)
 
 
 def read_json(path: PathLike) -> Any:

@@ -192,10 +192,8 @@ def _embed_with_cache(sentences: list[str], cache_dir: Optional[str], progress: 
     emb16 = minilm.encode(sentences, progress=progress).astype(np.float16)
     if path:
         fileio.makedirs(cache_dir)
-        tmp = f"{path}.tmp-{os.getpid()}.npy"
-        with fileio.open(tmp, "wb") as fh:
+        with fileio.atomic_output(path, "wb") as fh:
             np.save(fh, emb16)
-        fileio.replace(tmp, path)
     return emb16.astype(np.float32)
 
 

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from norton_jax.inference.checkpoints import parse_step_arg
 from norton_jax.models.config import ModelConfig, load_config_file
 from norton_jax.models.dual_encoder import DualEncoder
 from norton_jax.models.keys import params_to_state_dict
@@ -232,24 +233,6 @@ def _check_against_config(state: dict[str, np.ndarray], config: ModelConfig, sou
             raise ValueError(f"{source}: parameter {key!r} has shape {got[key]}, config expects {shape}")
 
 
-def _parse_step(text: str) -> int | str | None:
-    """``--step``: :func:`norton_jax.checkpoint.parse_step` (integer, ``latest``, ``best``)."""
-    from norton_jax import checkpoint  # noqa: PLC0415
-
-    parse = getattr(checkpoint, "parse_step", None)  # agreed interface (H2); integers until it lands
-    if parse is not None:
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from e
-    if text == "latest":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer step or 'latest', got {text!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from norton_jax import cli  # noqa: PLC0415
     from norton_jax.evaluate.run import check_writable  # noqa: PLC0415
@@ -266,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True,
                         help="output file: .safetensors, or .pt for the authors' fairseq layout "
                              "{'model': {'mmmodel.<key>': tensor}}")
-    parser.add_argument("--step", type=_parse_step, default=None,
+    parser.add_argument("--step", type=parse_step_arg, default=None,
                         help="step to export: an integer, 'latest' (default) or 'best'")
     parser.add_argument("--config", default=None, help="config file, only if the checkpoint has no model config")
     parser.add_argument("--include-position-ids", action="store_true", help="also write the position_ids buffers")

@@ -26,12 +26,10 @@ From Python: :func:`load_s3d`, :func:`extract_features`, :func:`extract_frames_f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
 import sys
-import uuid
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -152,17 +150,8 @@ def _array_chunks(frames: np.ndarray) -> Iterator[np.ndarray]:
 
 def write_features(path: str | os.PathLike, features: np.ndarray) -> None:
     """Saves ``features`` as ``.npy`` at ``path`` atomically (temporary name, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with fileio.open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(features), allow_pickle=False)
-        fileio.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if fileio.exists(tmp):
-                fileio.remove(tmp)
-        raise
+    with fileio.atomic_output(os.fspath(path), "wb") as fh:
+        np.save(fh, np.ascontiguousarray(features), allow_pickle=False)
 
 
 def _videos_in(folder: str) -> list[tuple[str, str]]:

@@ -37,7 +37,6 @@ and written through :mod:`data_pipeline.fileio` (local paths and ``gs://`` alike
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
 import html
@@ -47,7 +46,6 @@ import logging
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -401,14 +399,5 @@ def write_subtitles(path: PathLike, cues: Sequence[Cue]) -> None:
         fileio.atomic_write_json(path, _json_obj(cues), indent=1)
         return
     content = {".vtt": _vtt_content, ".srt": _srt_content, ".csv": _csv_content}[suffix](cues)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with fileio.open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(content)
-        fileio.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if fileio.exists(tmp):
-                fileio.remove(tmp)
-        raise
+    with fileio.atomic_output(os.fspath(path), "w", encoding="utf-8", newline="") as fh:
+        fh.write(content)

@@ -58,6 +58,5 @@ def plot_alignment(result: VideoAlignment, out: PathLike, *, max_label: int = 40
     folder = fileio.dirname(out)
     if folder:
         fileio.makedirs(folder)
-    tmp = f"{out}.tmp-{os.getpid()}.png"
-    fileio.write_bytes(tmp, buf.getvalue())
-    fileio.replace(tmp, out)
+    with fileio.atomic_output(out, "wb") as fh:
+        fh.write(buf.getvalue())

@@ -57,17 +57,8 @@ from norton_jax.training.progress import maybe_initialize_distributed
 from norton_jax.training.progress import say as train_say
 from norton_jax.training.resume import check_resume_geometry, precheck_resume, restore_for_resume
 from norton_jax.training.validation import host_copy
-from norton_jax.training.step import (
-    ModelParts,
-    init_train_state,
-    make_mesh,
-    make_optimizer,
-    make_train_step,
-    merge_model,
-    replicate,
-    shard_batch,
-    split_model,
-)
+from norton_jax.training.step import (ModelParts, init_train_state, make_mesh, make_optimizer, make_train_step,
+                                      merge_model, replicate, shard_batch, split_model)
 
 
 say = functools.partial(train_say, source="norton_jax.finetune")

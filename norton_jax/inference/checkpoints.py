@@ -32,22 +32,14 @@ GEOMETRY_FIELDS = (
 
 def parse_step_arg(text: str) -> Step:
     """The ``type=`` of every ``--step`` flag: :func:`norton_jax.checkpoint.parse_step` (an integer,
-    ``best`` or ``latest``) where it exists, else an integer or ``latest`` (-> None, the latest step).
-    A bad value raises ``argparse.ArgumentTypeError`` (argparse prints it as a usage error)."""
-    from norton_jax import checkpoint  # noqa: PLC0415 - orbax is slow to import; only when --step is given
+    ``best`` or ``latest`` -> None, the latest step).  A bad value raises
+    ``argparse.ArgumentTypeError`` (argparse prints it as a usage error)."""
+    from norton_jax.checkpoint import parse_step  # noqa: PLC0415 - orbax is slow to import; only when --step is given
 
-    parse = getattr(checkpoint, "parse_step", None)
-    if parse is not None:
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    if text == "latest":
-        return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer step or 'latest', got {text!r}") from None
+        return parse_step(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def model_config_arg(config: Any) -> ModelConfig | None:
