@@ -86,20 +86,27 @@ def _segment(value: Any, where: str, problems: list[str], path: str) -> tuple[fl
     return start, end
 
 
-def youcook2_needs(data: str, problems: list[str]) -> Needs:
-    path = fileio.join(data, "youcookii_annotations_trainval.json")
+def _database_segments(path: str, field: str, problems: list[str], *, subset: str | None = None) -> Needs:
+    """The videos of a ``{"database": {vid: {"subset", field: [{"segment": [s, e]}, ...]}}}`` file
+    (YouCookII, COIN) with their segment times; only ``subset`` videos when given."""
     db = (_read_json(path, problems) or {}).get("database", {})
     needs = []
     for vid, rec in sorted(db.items()):
-        if rec.get("subset") != "validation":
+        if subset is not None and rec.get("subset") != subset:
             continue
         times = []
-        for k, ann in enumerate(rec.get("annotations", [])):
-            seg = _segment(ann.get("segment"), f"database[{vid}].annotations[{k}]", problems, path)
+        for k, ann in enumerate(rec.get(field, [])):
+            where = f"database[{vid}].{field}[{k}]"
+            seg = _segment(ann.get("segment"), where, problems, path)
             if seg:
-                times.append((*seg, f"{path}: database[{vid}].annotations[{k}]"))
+                times.append((*seg, f"{path}: {where}"))
         needs.append((vid, times))
     return needs
+
+
+def youcook2_needs(data: str, problems: list[str]) -> Needs:
+    return _database_segments(fileio.join(data, "youcookii_annotations_trainval.json"), "annotations", problems,
+                              subset="validation")
 
 
 def msrvtt_needs(data: str, problems: list[str]) -> Needs:
@@ -130,17 +137,7 @@ def msrvtt_train_needs(data: str, problems: list[str]) -> Needs:
 
 
 def coin_needs(data: str, problems: list[str]) -> Needs:
-    path = fileio.join(data, "COIN.json")
-    db = (_read_json(path, problems) or {}).get("database", {})
-    needs = []
-    for vid, rec in sorted(db.items()):
-        times = []
-        for k, ann in enumerate(rec.get("annotation", [])):
-            seg = _segment(ann.get("segment"), f"database[{vid}].annotation[{k}]", problems, path)
-            if seg:
-                times.append((*seg, f"{path}: database[{vid}].annotation[{k}]"))
-        needs.append((vid, times))
-    return needs
+    return _database_segments(fileio.join(data, "COIN.json"), "annotation", problems)
 
 
 def htm_align_needs(data: str, problems: list[str]) -> Needs:
